@@ -1,0 +1,42 @@
+"""``finescale demo``: for each pipeline, synthesise a small dataset, train the quick preset, evaluate on the test
+split; then one index report over all of them. Finished parts are reused and a crashed run resumes, so running
+the demo again after an interruption continues instead of starting over."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from finescale.eval.bench import ensure_data, run_variant
+from finescale.eval.report import write_index
+from finescale.pipelines import get_pipeline
+from finescale.serialize import write_json
+
+
+def run_demo(out: Path, *, tasks: Sequence[str], n: int | None = None, epochs: int | None = None) -> dict[str, Any]:
+    out = Path(out)
+    start = time.perf_counter()
+    summary: dict[str, Any] = {}
+    runs: dict[str, Path] = {}
+    per_task: dict[str, dict] = {}
+    for name in tasks:
+        pipeline = get_pipeline(name.strip())
+        data_dir = ensure_data(pipeline, out / "data" / pipeline.name, n=n or pipeline.demo_size)
+        overrides: dict[str, Any] = {
+            "train_json": str(data_dir / "train.json"),
+            "val_json": str(data_dir / "val.json"),
+            **({"epochs": epochs} if epochs else {}),
+        }
+        run_dir = out / pipeline.name
+        metrics = run_variant(pipeline, run_dir, preset="quick", overrides=overrides, test_json=data_dir / "test.json")
+        runs[pipeline.name] = run_dir
+        per_task[pipeline.name] = {k: metrics[k] for k in (*pipeline.bench_metrics, "n", "train_seconds") if k in metrics}
+        summary.update({k: v for k, v in per_task[pipeline.name].items() if k not in ("n", "train_seconds")})
+        summary[f"{pipeline.name}_n_test"] = metrics.get("n")
+        summary[f"{pipeline.name}_train_seconds"] = metrics.get("train_seconds")
+    summary["demo_seconds"] = round(time.perf_counter() - start, 1)
+    write_json(out / "metrics.json", summary)
+    write_index(out, title="finescale demo", runs=runs, summary=per_task)
+    return summary

@@ -1,0 +1,116 @@
+"""Trainer factory: one place that turns a config and a run directory into a Lightning Trainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    OnExceptionCheckpoint,
+    RichProgressBar,
+)
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+from finescale.config import TrainerConfig
+
+BEST = "best.ckpt"
+LAST = "last.ckpt"
+
+
+def parse_devices(devices: str) -> int | list[int] | str:
+    """``"auto"`` stays, ``"2"`` -> 2 devices, ``"0,1"`` -> those device indices."""
+    text = str(devices).strip()
+    if text == "auto":
+        return "auto"
+    if "," in text:
+        return [int(part) for part in text.split(",") if part.strip()]
+    return int(text)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's hints that are noise for small CPU runs (worker counts, TPU/IPU availability)."""
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*LeafSpec.*")
+    warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
+
+
+def seed_everything(seed: int, *, deterministic: bool = True) -> None:
+    L.seed_everything(seed, workers=True, verbose=False)
+    if deterministic:
+        # warn_only: a few CUDA kernels have no deterministic version; CPU runs are exactly reproducible.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def build_trainer(
+    cfg: TrainerConfig,
+    run_dir: Path,
+    *,
+    monitor: str,
+    mode: str,
+    callbacks: Sequence[Callback] = (),
+) -> L.Trainer:
+    """A Trainer that writes best.ckpt (by ``monitor``), last.ckpt (every epoch, every N steps and on a crash),
+    TensorBoard and CSV logs into ``run_dir``."""
+    quiet_lightning()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    best = ModelCheckpoint(
+        dirpath=run_dir,
+        filename="best",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        auto_insert_metric_name=False,
+        enable_version_counter=False,
+    )
+    last = ModelCheckpoint(
+        dirpath=run_dir,
+        save_top_k=0,
+        save_last=True,
+        every_n_train_steps=cfg.checkpoint_every_n_steps,
+        enable_version_counter=False,
+    )
+    all_callbacks: list[Callback] = [
+        best,
+        last,
+        OnExceptionCheckpoint(dirpath=run_dir, filename="last"),
+        LearningRateMonitor(logging_interval="step"),
+        *callbacks,
+    ]
+    if cfg.progress:
+        all_callbacks.append(RichProgressBar(leave=True))
+    return L.Trainer(
+        default_root_dir=run_dir,
+        max_epochs=cfg.epochs,
+        accelerator=cfg.accelerator,
+        devices=parse_devices(cfg.devices),
+        strategy=cfg.strategy,
+        num_nodes=cfg.num_nodes,
+        precision=cfg.precision,
+        deterministic="warn" if cfg.deterministic else False,
+        gradient_clip_val=cfg.grad_clip or None,
+        log_every_n_steps=cfg.log_every_n_steps,
+        limit_train_batches=_limit(cfg.limit_train_batches),
+        limit_val_batches=_limit(cfg.limit_val_batches),
+        logger=[
+            TensorBoardLogger(save_dir=run_dir, name="logs", version="tb", default_hp_metric=False),
+            CSVLogger(save_dir=run_dir, name="logs", version="csv"),
+        ],
+        callbacks=all_callbacks,
+        enable_progress_bar=cfg.progress,
+        enable_model_summary=cfg.progress,
+    )
+
+
+def _limit(value: float) -> float | int:
+    return int(value) if value > 1 else float(value)

@@ -1,0 +1,127 @@
+"""``finescale bench``: every variant of a pipeline trained on the same data, epochs and seeds; mean ± std.
+
+Each (variant, seed) run lives in ``out/runs/<variant>/seed<k>``; a run whose test metrics exist is reused, so a
+bench that was interrupted continues where it stopped when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finescale.config import build_config
+from finescale.errors import FinescaleError
+from finescale.eval import plots
+from finescale.pipelines import Pipeline
+from finescale.serialize import read_json, write_json
+
+log = logging.getLogger("finescale")
+TEST_METRICS = "test_metrics.json"
+
+
+def ensure_data(pipeline: Pipeline, data_dir: Path, *, n: int, seed: int = 0) -> Path:
+    """Synthesise the pipeline's data into ``data_dir`` unless it is already there."""
+    if not (data_dir / "test.json").exists():
+        pipeline.synth(data_dir, n=n, seed=seed)
+    return data_dir
+
+
+def run_variant(
+    pipeline: Pipeline, run_dir: Path, *, preset: str, overrides: Mapping[str, Any], test_json: Path
+) -> dict[str, Any]:
+    done = run_dir / TEST_METRICS
+    if done.exists():
+        return read_json(done)
+    cfg = build_config(pipeline.config_class, preset=preset, overrides=overrides)
+    resume = (run_dir / "last.ckpt").exists()
+    start = time.perf_counter()
+    summary = pipeline.train(cfg, run_dir, resume=resume)
+    seconds = time.perf_counter() - start
+    metrics = pipeline.evaluate(run_dir / "best.ckpt", test_json, out=done)
+    metrics = {**metrics, "train_seconds": summary.get("train_seconds", seconds)}
+    write_json(done, metrics)
+    return metrics
+
+
+def summarise(name: str, seeds: Sequence[int], results: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict:
+    row: dict[str, Any] = {"variant": name, "seeds": list(seeds)}
+    for key in (*metrics, "train_seconds"):
+        values = np.array([r[key] for r in results if r.get(key) is not None], dtype=float)
+        row[f"{key}_mean"] = float(values.mean()) if values.size else None
+        row[f"{key}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    return row
+
+
+def run_bench(
+    pipeline: Pipeline,
+    out: Path,
+    *,
+    preset: str = "quick",
+    seeds: Sequence[int] = (0, 1),
+    variants: Sequence[str] | None = None,
+    data_dir: Path | None = None,
+    n: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    out = Path(out)
+    data_dir = ensure_data(pipeline, data_dir or out / "data", n=n or pipeline.demo_size)
+    base_cfg = build_config(pipeline.config_class, preset=preset, overrides=overrides or {})
+    table = pipeline.bench_variants(base_cfg)
+    chosen = list(variants) if variants else list(table)
+    unknown = [v for v in chosen if v not in table]
+    if unknown:
+        raise FinescaleError(f"unknown bench variant(s) {', '.join(unknown)}; choose from: {', '.join(table)}")
+    rows = []
+    for name in chosen:
+        results = []
+        for seed in seeds:
+            log.info("bench %s: %s, seed %d", pipeline.name, name, seed)
+            run_overrides = {
+                **(overrides or {}),
+                **table[name],
+                "seed": seed,
+                "progress": False,
+                "train_json": str(data_dir / "train.json"),
+                "val_json": str(data_dir / "val.json"),
+            }
+            run_dir = out / "runs" / name.replace("+", "plus_") / f"seed{seed}"
+            results.append(run_variant(pipeline, run_dir, preset=preset, overrides=run_overrides,
+                                       test_json=data_dir / "test.json"))
+        rows.append(summarise(name, seeds, results, pipeline.bench_metrics))
+        write_bench(out, pipeline, preset, rows)  # after every variant: partial results survive a crash
+    if pipeline.extra_baselines is not None:
+        for name, metrics in pipeline.extra_baselines(data_dir / "train.json", data_dir / "test.json").items():
+            rows.append(summarise(name, [], [metrics], pipeline.bench_metrics))
+    return write_bench(out, pipeline, preset, rows)
+
+
+def write_bench(out: Path, pipeline: Pipeline, preset: str, rows: list[dict]) -> dict[str, Any]:
+    result = {"pipeline": pipeline.name, "preset": preset, "rows": rows}
+    write_json(out / "bench.json", result)
+    (out / "bench.md").write_text(bench_markdown(result, pipeline.bench_metrics))
+    main = pipeline.bench_metrics[0]
+    done = [r for r in rows if r.get(f"{main}_mean") is not None]
+    if done:
+        plots.plot_bar_with_errors(
+            [r["variant"] for r in done], [r[f"{main}_mean"] for r in done], [r[f"{main}_std"] for r in done],
+            out / "bench.png", title=f"{pipeline.name} bench ({preset})", ylabel=main,
+        )
+    return result
+
+
+def bench_markdown(result: Mapping[str, Any], metrics: Sequence[str]) -> str:
+    header = ["variant", "seeds", *metrics, "train s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in result["rows"]:
+        cells = [row["variant"], str(len(row["seeds"])) if row["seeds"] else "-"]
+        for key in (*metrics, "train_seconds"):
+            mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
+            cells.append("-" if mean is None else f"{mean:.3f} ± {std:.3f}" if row["seeds"] else f"{mean:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    title = f"Bench of `{result['pipeline']}`, preset `{result['preset']}` (mean ± std over seeds)\n\n"
+    return title + "\n".join(lines) + "\n"

@@ -1,0 +1,36 @@
+"""The table of pipelines. Each pipeline package exposes a ``PIPELINE`` object (a :class:`Pipeline`); it is imported
+only when asked for (``<name>.pipeline``), so that ``finescale --help`` stays fast and one pipeline's extra needs never slow another."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from finescale.errors import FinescaleError
+
+PIPELINE_NAMES: tuple[str, ...] = ("length",)
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What the shared CLI, bench, demo and checkpoint loader need to know about one pipeline."""
+
+    name: str
+    config_class: type
+    task_class: type
+    predictor_class: type
+    train: Callable[..., Any]  # (cfg, run_dir, resume) -> run summary dict
+    evaluate: Callable[..., Any]  # (checkpoint, manifest, out) -> metrics dict
+    synth: Callable[..., Any]  # (out, n, seed) -> summary; writes out/{train,val,test}.json
+    bench_variants: Callable[..., Any]  # (cfg) -> {variant name: config overrides}
+    bench_metrics: tuple[str, ...]  # metric keys that bench reports; the first one ranks the variants
+    demo_size: int = 1000  # images the demo and the bench synthesise
+    extra_baselines: Callable[..., Any] | None = field(default=None)  # (train_json, test_json) -> {name: metrics}
+
+
+def get_pipeline(name: str) -> Pipeline:
+    if name not in PIPELINE_NAMES:
+        raise FinescaleError(f"unknown pipeline {name!r}; choose one of: {', '.join(PIPELINE_NAMES)}")
+    return importlib.import_module(f"finescale.pipelines.{name}.pipeline").PIPELINE

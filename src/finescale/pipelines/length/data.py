@@ -1,0 +1,137 @@
+"""Data for the ``length`` pipeline: manifest records -> multi-scale views (+ end crops) -> batches.
+
+A batch is a dict: ``scales`` = list over scales of (B, 1, s, s) float in [0, 1], ``crops`` = (B, 2, 1, c, c) with the
+collar crop first and the tip crop second (only when crops are on), ``length_mm`` = (B,) float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import lightning as L
+import numpy as np
+import torch
+from rich.progress import track
+from torch.utils.data import DataLoader, Dataset
+
+from finescale.data.images import letterbox_square, read_image
+from finescale.data.manifest import FieldSpec, Manifest, load_manifest
+from finescale.data.regions import end_crops
+from finescale.pipelines.length.config import LengthConfig, LengthModelConfig
+
+FIELDS = (FieldSpec("image", "image"), FieldSpec("length_mm", "float", low=0.5, high=100.0))
+
+
+def load_records(path: str | Path) -> Manifest:
+    return load_manifest(path, FIELDS)
+
+
+def prepare_views(image: np.ndarray, model_cfg: LengthModelConfig) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """The deterministic front of the pipeline for one grey image (H, W) in [0, 1]: padded to a square, resized to
+    every scale, and the two end crops read from the full-resolution image."""
+    square, _ = letterbox_square(image)
+    views: dict[str, torch.Tensor | list[torch.Tensor]] = {
+        "scales": [torch.from_numpy(_resize(square, s))[None] for s in model_cfg.scales]
+    }
+    if model_cfg.use_crops:
+        crops = end_crops(image, out=model_cfg.crop_size, side_frac=model_cfg.crop_frac)
+        views["crops"] = torch.from_numpy(crops)[:, None]
+    return views
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(image.astype(np.float32), (size, size), interpolation=interp)
+
+
+class RandFlipAndExposure:
+    """Random horizontal flip and exposure change (gamma, contrast, brightness), the same for every view of a
+    sample so that scales and crops stay consistent. Draws from torch's global RNG, which Lightning seeds."""
+
+    def __init__(self, *, flip_p: float = 0.5, gamma: float = 0.25, contrast: float = 0.15, brightness: float = 0.05):
+        self.flip_p, self.gamma, self.contrast, self.brightness = flip_p, gamma, contrast, brightness
+
+    def __call__(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+        flip = bool(torch.rand(()) < self.flip_p)
+        gamma = float(torch.empty(()).uniform_(-self.gamma, self.gamma).exp())
+        contrast = float(torch.empty(()).uniform_(1 - self.contrast, 1 + self.contrast))
+        shift = float(torch.empty(()).uniform_(-self.brightness, self.brightness))
+        out = []
+        for view in views:
+            view = view.flip(-1) if flip else view
+            view = view.clamp(0, 1).pow(gamma)
+            out.append(((view - 0.5) * contrast + 0.5 + shift).clamp(0, 1))
+        return out
+
+
+class LengthDataset(Dataset):
+    """Records -> views. With ``cache`` the deterministic views of every image are computed once (float16)."""
+
+    def __init__(self, records: Sequence[dict], model_cfg: LengthModelConfig, *, augment: bool, cache: bool) -> None:
+        self.records = list(records)
+        self.model_cfg = model_cfg
+        self.augment = RandFlipAndExposure() if augment else None
+        self._cache: list[dict] | None = None
+        if cache:
+            self._cache = [
+                _to_half(prepare_views(read_image(r["image"]), model_cfg))
+                for r in track(self.records, description="preparing images", transient=True)
+            ]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        if self._cache is not None:
+            views = self._cache[index]
+        else:
+            views = prepare_views(read_image(self.records[index]["image"]), self.model_cfg)
+        flat = [v.float() for v in views["scales"]] + ([views["crops"].float()] if "crops" in views else [])
+        if self.augment is not None:
+            flat = self.augment(flat)
+        n = len(self.model_cfg.scales)
+        item = {"scales": flat[:n], "length_mm": torch.tensor(self.records[index]["length_mm"], dtype=torch.float32)}
+        if "crops" in views:
+            item["crops"] = flat[n]
+        return item
+
+
+def _to_half(views: dict) -> dict:
+    return {k: [t.half() for t in v] if isinstance(v, list) else v.half() for k, v in views.items()}
+
+
+class LengthDataModule(L.LightningDataModule):
+    def __init__(self, cfg: LengthConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.manifests: dict[str, Manifest] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if "train" in self.manifests:
+            return
+        self.manifests["train"] = load_records(self.cfg.train_json)
+        self.manifests["val"] = load_records(self.cfg.val_json)
+        model_cfg, data_cfg = self.cfg.model, self.cfg.data
+        self.train_set = LengthDataset(
+            self.manifests["train"].records, model_cfg, augment=data_cfg.augment, cache=data_cfg.cache
+        )
+        self.val_set = LengthDataset(self.manifests["val"].records, model_cfg, augment=False, cache=data_cfg.cache)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def _loader(self, dataset: Dataset, *, shuffle: bool) -> DataLoader:
+        workers = self.cfg.trainer.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.trainer.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=shuffle and len(dataset) > self.cfg.trainer.batch_size,
+        )

@@ -1,0 +1,21 @@
+"""The ``length`` entry of the pipeline table."""
+
+from finescale.pipelines import Pipeline
+from finescale.pipelines.length.bench import METRICS, bench_variants
+from finescale.pipelines.length.config import LengthConfig
+from finescale.pipelines.length.predict import LengthPredictor
+from finescale.pipelines.length.task import LengthTask
+from finescale.pipelines.length.workflow import evaluate, train
+from finescale.synth.implants import generate_implants
+
+PIPELINE = Pipeline(
+    name="length",
+    config_class=LengthConfig,
+    task_class=LengthTask,
+    predictor_class=LengthPredictor,
+    train=train,
+    evaluate=evaluate,
+    synth=generate_implants,
+    bench_variants=bench_variants,
+    bench_metrics=METRICS,
+)
