@@ -170,9 +170,10 @@ def build_config(
     """Defaults <- preset YAML <- user YAML <- CLI overrides, validated into ``cls``."""
     if preset not in PRESETS:
         raise FinescaleError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    pipeline = cls.model_fields["pipeline"].default
-    data: dict[str, Any] = {"pipeline": pipeline}
-    path = preset_path(pipeline, preset)
+    # Start from the full defaults so that a section default set by the pipeline (its own trainer settings)
+    # survives an override of one field of that section.
+    data: dict[str, Any] = cls().model_dump(mode="json")
+    path = preset_path(data["pipeline"], preset)
     if path.exists():
         data = deep_merge(data, read_yaml(path))
     if config_file is not None:

@@ -231,7 +231,7 @@ def load_manifest(
     skipped = {reason: n for reason, n in counts.items() if n}
 
     n_total = len(raw_records)
-    if skipped:
+    if skipped and records:  # with nothing left the error below says it all, in one line
         n_skipped = sum(skipped.values())
         logger.warning(
             "manifest %s: skipped %d of %s (%s)", path, n_skipped, _plural(n_total, "record"), _format_counts(skipped)

@@ -30,28 +30,50 @@ class ObjectAxis:
         return float(np.degrees(np.arctan2(dx, dy)))
 
 
-def find_bright_axis(image: np.ndarray) -> ObjectAxis:
-    """Largest bright blob (Otsu threshold after a blur) and its principal axis; (H, W) float in [0, 1].
+def find_bright_axis(
+    image: np.ndarray, *, level: float = 0.65, grow_level: float = 0.4, max_tilt_deg: float = 45.0
+) -> ObjectAxis:
+    """Principal axis of the brightest blob of a grey image (H, W) in [0, 1].
 
-    Falls back to the image's vertical centre line when no blob stands out (a blank or uniform image).
+    Metal is the most radio-opaque thing on a radiograph, so the threshold sits ``level`` of the way from the
+    median grey to the near-maximum (99.5th percentile); of the blobs above it, the one with the largest
+    brightness mass wins, which beats crowns and roots that are large but dimmer; it is then grown to the
+    ``grow_level`` threshold to recover the implant's dimmer ends. Implants stand roughly upright,
+    so an axis tilted more than ``max_tilt_deg`` (a short, wide implant) is replaced by its perpendicular. Falls
+    back to the image's vertical centre line when nothing stands out (a blank image).
     """
     h, w = image.shape
-    smooth = cv2.GaussianBlur((np.clip(image, 0, 1) * 255).astype(np.uint8), (0, 0), sigmaX=max(1.0, w / 200))
-    _, mask = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if count <= 1:
+    smooth = cv2.GaussianBlur(np.clip(image, 0, 1).astype(np.float32), (0, 0), sigmaX=max(1.0, w / 250))
+    median, high = float(np.median(smooth)), float(np.percentile(smooth, 99.5))
+    if high - median < 1e-3:
         return ObjectAxis(top=(w / 2, h * 0.1), bottom=(w / 2, h * 0.9), width=w * 0.2)
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    ys, xs = np.nonzero(labels == largest)
-    points = np.stack([xs, ys], axis=1).astype(np.float64)
-    centre = points.mean(axis=0)
-    _, _, vt = np.linalg.svd(points - centre, full_matrices=False)
-    direction = vt[0] if vt[0][1] >= 0 else -vt[0]  # point downwards
+    seed = _brightest_blob(smooth, median + level * (high - median))
+    seed_points = np.stack(np.nonzero(seed)[::-1], axis=1).astype(np.float64)  # (N, 2) as x, y
+    centre = seed_points.mean(axis=0)
+    _, _, vt = np.linalg.svd(seed_points - centre, full_matrices=False)
+    direction = vt[0] if abs(vt[0][1]) >= np.cos(np.radians(max_tilt_deg)) else vt[1]
+    direction = direction if direction[1] >= 0 else -direction  # point downwards
+    # Hysteresis: grow the seed at a lower threshold so the dimmer, thinner ends (a pointed apex) are kept, but
+    # only a little beyond the seed, so a low-contrast image cannot leak the blob into bright bone.
+    reach = int(max(3, 0.1 * np.ptp((seed_points - centre) @ direction)))
+    near = cv2.dilate(seed.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2))
+    grown = (smooth >= median + grow_level * (high - median)) & (near > 0)
+    count, labels = cv2.connectedComponents(grown.astype(np.uint8))
+    label = np.bincount(labels[seed], minlength=count).argmax()
+    points = np.stack(np.nonzero(labels == label)[::-1], axis=1).astype(np.float64)
     along = (points - centre) @ direction
     across = (points - centre) @ np.array([-direction[1], direction[0]])
     top = centre + direction * along.min()
     bottom = centre + direction * along.max()
     return ObjectAxis(top=tuple(top), bottom=tuple(bottom), width=float(across.max() - across.min()))
+
+
+def _brightest_blob(smooth: np.ndarray, threshold: float) -> np.ndarray:
+    """Mask of the connected component above ``threshold`` holding the most brightness above it."""
+    count, labels = cv2.connectedComponents((smooth >= threshold).astype(np.uint8), connectivity=8)
+    mass = np.bincount(labels.ravel(), weights=np.clip(smooth - threshold, 0, None).ravel(), minlength=count)
+    mass[0] = 0
+    return labels == int(np.argmax(mass))
 
 
 def oriented_crop(image: np.ndarray, centre: tuple[float, float], angle_deg: float, side: float, out: int) -> np.ndarray:
@@ -70,10 +92,11 @@ def end_crops(image: np.ndarray, *, out: int, side_frac: float = 0.4, inset_frac
     """Two crops of the object's ends, collar (top) first, tip (bottom) second: (2, out, out) float32.
 
     The crop side is a fraction of the object's pixel length, so thread spacing inside a crop is measured
-    relative to the object, whatever the pixel spacing of the radiograph.
+    relative to the object, whatever the pixel spacing of the radiograph; it is widened to the object's width
+    (plus a margin) when needed, so that both outlines, where the threads show best, stay inside.
     """
     axis = find_bright_axis(image)
-    side = max(side_frac * axis.length, 8.0)
+    side = max(side_frac * axis.length, 1.25 * axis.width, 8.0)
     top, bottom = np.array(axis.top), np.array(axis.bottom)
     direction = (bottom - top) / max(axis.length, 1e-6)
     inset = inset_frac * axis.length

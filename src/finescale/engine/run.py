@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,16 +55,18 @@ def fit(
     cfg: RunConfig,
     run_dir: Path,
     *,
-    task: L.LightningModule,
+    build_task: Callable[[], L.LightningModule],
     datamodule: L.LightningDataModule,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Train ``task`` on ``datamodule``; writes config.yaml, best.ckpt, last.ckpt, logs and the training part of
-    metrics.json, and returns those metrics."""
+    """Train the task made by ``build_task`` on ``datamodule``; writes config.yaml, best.ckpt, last.ckpt, logs and
+    the training part of metrics.json, and returns those metrics. The task is built after seeding, so that its
+    initial weights are part of what the seed fixes."""
     run_dir = Path(run_dir)
     ckpt = check_run_dir(run_dir, resume=resume)
     seed_everything(cfg.trainer.seed, deterministic=cfg.trainer.deterministic)
+    task = build_task()
     trainer = build_trainer(
         cfg.trainer, run_dir, monitor=task.monitor, mode=task.monitor_mode, callbacks=callbacks
     )

@@ -14,12 +14,12 @@ from lightning.pytorch.callbacks import (
     Callback,
     LearningRateMonitor,
     ModelCheckpoint,
-    OnExceptionCheckpoint,
     RichProgressBar,
 )
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from finescale.config import TrainerConfig
+from finescale.engine.callbacks import SaveLastOnException
 
 BEST = "best.ckpt"
 LAST = "last.ckpt"
@@ -83,7 +83,7 @@ def build_trainer(
     all_callbacks: list[Callback] = [
         best,
         last,
-        OnExceptionCheckpoint(dirpath=run_dir, filename="last"),
+        SaveLastOnException(run_dir / LAST),
         LearningRateMonitor(logging_interval="step"),
         *callbacks,
     ]

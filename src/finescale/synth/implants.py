@@ -104,6 +104,14 @@ CATALOGUE: tuple[ImplantModel, ...] = _parse(_TABLE)
 _BY_NAME = {m.name: m for m in CATALOGUE}
 
 
+def get_model(name: str) -> ImplantModel:
+    """Catalogue entry by its full model name (as written in manifests)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown implant model {name!r}") from None
+
+
 def render_radiograph(
     model: ImplantModel, length_mm: float, diameter_mm: float, rng: np.random.Generator, size: int = 384
 ) -> tuple[np.ndarray, dict]:
@@ -171,7 +179,7 @@ def combinations() -> list[tuple[str, float, float]]:
 
 
 @lru_cache(maxsize=1)
-def test_only_combinations() -> frozenset[tuple[str, float, float]]:
+def held_out_combinations() -> frozenset[tuple[str, float, float]]:
     """~8% of combinations reserved for test; a stable hash so the pick never depends on the seed or table order."""
     return frozenset(c for c in combinations() if zlib.crc32(repr(c).encode()) % 1000 < TEST_ONLY_FRACTION * 1000)
 
@@ -180,7 +188,7 @@ def _sample(
     index: int, rng: np.random.Generator, split: tuple[float, float, float]
 ) -> tuple[ImplantModel, float, float, str]:
     """Label and split for one image. The first len(CATALOGUE) images cover every model once in train."""
-    held = test_only_combinations()
+    held = held_out_combinations()
     if index < len(CATALOGUE):
         model = CATALOGUE[index]
         free = [c for c in combinations() if c[0] == model.name and c not in held]
@@ -224,6 +232,7 @@ def generate_implants(
 
     Byte-for-byte deterministic in ``seed`` whatever ``workers`` is (each image owns its RNG stream).
     """
+    from rich.console import Console
     from rich.progress import track
 
     if len(split) != 3 or min(split) < 0 or sum(split) <= 0:
@@ -234,18 +243,19 @@ def generate_implants(
     split = tuple(float(s) for s in split)
     job = partial(_make_one, seed=seed, size=size, images=str(images), split=split)
     desc = f"Rendering {n} implant radiographs"
+    bar = {"total": n, "description": desc, "console": Console(stderr=True)}  # stdout stays clean for CLI JSON
     if workers > 1 and n >= 64:
         with mp.get_context().Pool(workers, initializer=_init_worker) as pool:
-            results = list(track(pool.imap(job, range(n), chunksize=8), total=n, description=desc))
+            results = list(track(pool.imap(job, range(n), chunksize=8), **bar))
     else:
-        results = [job(i) for i in track(range(n), total=n, description=desc)]
+        results = [job(i) for i in track(range(n), **bar)]
 
     manifests: dict[str, list[dict]] = {s: [] for s in SPLITS}
     for which, rec in results:
         manifests[which].append(rec)
     for s in SPLITS:
         (out / f"{s}.json").write_text(json.dumps(manifests[s], indent=1) + "\n")
-    held = test_only_combinations()
+    held = held_out_combinations()
     n_held = sum((r["model"], r["length_mm"], r["diameter_mm"]) in held for r in manifests["test"])
     return {
         "out": str(out),

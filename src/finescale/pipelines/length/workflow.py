@@ -20,8 +20,10 @@ TITLE = "finescale length: implant length from a radiograph"
 
 
 def train(cfg: LengthConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
-    task = LengthTask(cfg.model_dump(mode="json"))
-    summary = fit(cfg, run_dir, task=task, datamodule=LengthDataModule(cfg), resume=resume)
+    summary = fit(
+        cfg, run_dir, build_task=lambda: LengthTask(cfg.model_dump(mode="json")), datamodule=LengthDataModule(cfg),
+        resume=resume,
+    )
     if (run_dir / "config.yaml").exists():
         write_report(run_dir, title=TITLE)
     return summary

@@ -1,0 +1,41 @@
+"""A run killed mid-training (SIGKILL, nothing graceful) finishes with --resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_LENGTH, finescale
+
+pytestmark = pytest.mark.slow
+
+
+def test_killed_run_finishes_with_resume(implants: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    args = ["length", "train", "--train-json", implants / "train.json", "--val-json", implants / "val.json",
+            "--out", run, *TINY_LENGTH, "--epochs", "4", "--batch-size", "4"]
+    proc = subprocess.Popen([sys.executable, "-m", "finescale.cli", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (run / "last.ckpt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(0.5)  # let the first checkpoint finish writing
+    proc.kill()
+    proc.wait()
+    assert (run / "last.ckpt").exists(), "training never wrote last.ckpt"
+    step_at_kill = torch.load(run / "last.ckpt", weights_only=True)["global_step"]
+
+    refused = finescale(*args, check=False)  # without --resume the run directory is protected
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    finescale(*args, "--resume")
+    final = torch.load(run / "last.ckpt", weights_only=True)
+    assert final["epoch"] == 3 and final["global_step"] > step_at_kill
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_trained"] == 4

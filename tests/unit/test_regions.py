@@ -1,0 +1,46 @@
+import numpy as np
+import pytest
+
+from finescale.data.regions import end_crops, find_bright_axis, oriented_crop
+from finescale.synth.implants import CATALOGUE, render_radiograph
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_axis_found_from_the_image_matches_the_rendered_implant(index: int):
+    rng = np.random.default_rng(index)
+    model = CATALOGUE[(index * 5) % len(CATALOGUE)]
+    image, info = render_radiograph(model, model.lengths_mm[index % len(model.lengths_mm)],
+                                    model.diameters_mm[0], rng, size=256)
+    axis = find_bright_axis(image.astype(np.float32) / 255)
+    true_top, true_bottom = np.array(info["axis_top_xy"]), np.array(info["axis_bottom_xy"])
+    true_length = np.linalg.norm(true_bottom - true_top)
+    assert np.linalg.norm(np.array(axis.top) - true_top) < 0.15 * true_length
+    assert np.linalg.norm(np.array(axis.bottom) - true_bottom) < 0.15 * true_length
+    assert abs(axis.length - true_length) < 0.15 * true_length
+
+
+def test_axis_falls_back_on_a_blank_image():
+    axis = find_bright_axis(np.full((64, 64), 0.5, dtype=np.float32))
+    assert axis.top[1] < axis.bottom[1]
+
+
+def test_oriented_crop_turns_a_tilted_bar_upright():
+    image = np.zeros((200, 200), dtype=np.float32)
+    for t in np.linspace(-60, 60, 400):  # a bar tilted 30 degrees from vertical
+        x, y = 100 + t * np.sin(np.radians(30)), 100 + t * np.cos(np.radians(30))
+        image[int(y) - 2 : int(y) + 3, int(x) - 2 : int(x) + 3] = 1.0
+    axis = find_bright_axis(image)
+    assert axis.angle == pytest.approx(30, abs=3)
+    crop = oriented_crop(image, (100, 100), axis.angle, side=60, out=60)
+    column_mass = crop.sum(axis=0)
+    assert abs(int(np.argmax(column_mass)) - 30) <= 2  # the bar now runs down the middle column
+    assert column_mass.max() > 0.8 * crop.shape[0]
+
+
+def test_end_crops_shape_and_order():
+    image = np.zeros((120, 80), dtype=np.float32)
+    image[20:100, 30:50] = 1.0
+    image[95:100, 30:50] = 0.6  # a dimmer tip, so the two crops differ
+    crops = end_crops(image, out=24)
+    assert crops.shape == (2, 24, 24) and crops.dtype == np.float32
+    assert not np.allclose(crops[0], crops[1])
