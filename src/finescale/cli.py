@@ -50,18 +50,18 @@ def bench(
     data: Annotated[Path | None, typer.Option("--data", help="folder with train/val/test.json (default: synth)")] = None,
     n: Annotated[int | None, typer.Option("--n", help="images to synthesise when --data is not given")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="override the preset's epochs")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML merged over the preset for every run")] = None,
 ) -> None:
     """Train every variant (baseline, each technique, the recipe) with the same budget and seeds."""
     from finescale.eval.bench import run_bench
     from finescale.pipelines import get_pipeline
 
-    result = run_bench(
+    run_bench(
         get_pipeline(pipeline), out, preset=preset, seeds=[int(s) for s in seeds.split(",")],
         variants=variants.split(",") if variants else None, data_dir=data, n=n,
-        overrides={"epochs": epochs} if epochs else None,
+        overrides={"epochs": epochs} if epochs else None, config_file=config,
     )
     typer.echo((out / "bench.md").read_text())
-    del result
 
 
 @app.command("demo")
@@ -70,11 +70,12 @@ def demo(
     tasks: Annotated[str, typer.Option("--tasks", help="comma-separated pipelines")] = ",".join(PIPELINE_NAMES),
     n: Annotated[int | None, typer.Option("--n", help="images per pipeline (default: the pipeline's demo size)")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="override the quick preset's epochs")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML merged over the quick preset")] = None,
 ) -> None:
     """Synthesise data, train each pipeline with the quick preset, evaluate, write out/report.html."""
     from finescale.demo import run_demo
 
-    summary = run_demo(out, tasks=tasks.split(","), n=n, epochs=epochs)
+    summary = run_demo(out, tasks=tasks.split(","), n=n, epochs=epochs, config_file=config)
     typer.echo(json.dumps(to_jsonable(summary), indent=1))
 
 

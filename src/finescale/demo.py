@@ -15,7 +15,14 @@ from finescale.pipelines import get_pipeline
 from finescale.serialize import write_json
 
 
-def run_demo(out: Path, *, tasks: Sequence[str], n: int | None = None, epochs: int | None = None) -> dict[str, Any]:
+def run_demo(
+    out: Path,
+    *,
+    tasks: Sequence[str],
+    n: int | None = None,
+    epochs: int | None = None,
+    config_file: Path | None = None,
+) -> dict[str, Any]:
     out = Path(out)
     start = time.perf_counter()
     summary: dict[str, Any] = {}
@@ -30,7 +37,8 @@ def run_demo(out: Path, *, tasks: Sequence[str], n: int | None = None, epochs: i
             **({"epochs": epochs} if epochs else {}),
         }
         run_dir = out / pipeline.name
-        metrics = run_variant(pipeline, run_dir, preset="quick", overrides=overrides, test_json=data_dir / "test.json")
+        metrics = run_variant(pipeline, run_dir, preset="quick", overrides=overrides, test_json=data_dir / "test.json",
+                              config_file=config_file)
         runs[pipeline.name] = run_dir
         per_task[pipeline.name] = {k: metrics[k] for k in (*pipeline.bench_metrics, "n", "train_seconds") if k in metrics}
         summary.update({k: v for k, v in per_task[pipeline.name].items() if k not in ("n", "train_seconds")})

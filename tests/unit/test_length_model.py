@@ -13,7 +13,9 @@ def batch(cfg: LengthModelConfig, size: int = 3) -> dict:
     torch.manual_seed(0)
     out = {"scales": [torch.rand(size, 1, s, s) for s in cfg.scales], "length_mm": torch.tensor([6.0, 10.2, 16.0])}
     if cfg.use_crops:
-        out["crops"] = torch.rand(size, 2, 1, cfg.crop_size, cfg.crop_size)
+        out["crops"] = torch.rand(size, 3 if cfg.whole_crop else 2, 1, cfg.crop_size, cfg.crop_size)
+    if cfg.use_geometry:
+        out["geometry"] = torch.rand(size, 4)
     return out
 
 
@@ -24,6 +26,7 @@ def batch(cfg: LengthModelConfig, size: int = 3) -> dict:
         {"scales": [32]},
         {"scales": [32, 48, 64], "share_backbone": False},
         {"use_crops": False},
+        {"whole_crop": False, "use_geometry": False},
         {"fusion": "attention"},
         {"aux_regression_weight": 0.0},
     ],

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from finescale.data.regions import end_crops, find_bright_axis, oriented_crop
+from finescale.data.regions import axis_geometry, find_bright_axis, object_crops, oriented_crop
 from finescale.synth.implants import CATALOGUE, render_radiograph
 
 
@@ -37,10 +37,15 @@ def test_oriented_crop_turns_a_tilted_bar_upright():
     assert column_mass.max() > 0.8 * crop.shape[0]
 
 
-def test_end_crops_shape_and_order():
+def test_object_crops_shape_order_and_geometry():
     image = np.zeros((120, 80), dtype=np.float32)
     image[20:100, 30:50] = 1.0
-    image[95:100, 30:50] = 0.6  # a dimmer tip, so the two crops differ
-    crops = end_crops(image, out=24)
-    assert crops.shape == (2, 24, 24) and crops.dtype == np.float32
-    assert not np.allclose(crops[0], crops[1])
+    image[90:100, 30:50] = 0.8  # a dimmer tip, so the two end crops differ
+    axis = find_bright_axis(image)
+    assert axis.length == pytest.approx(79, abs=2) and axis.width == pytest.approx(19, abs=2)
+    crops = object_crops(image, axis, out=24)
+    assert crops.shape == (3, 24, 24) and crops.dtype == np.float32
+    assert crops[0].mean() > crops[1].mean()  # collar crop first: brighter than the dim tip
+    assert object_crops(image, axis, out=24, whole=False).shape == (2, 24, 24)
+    geometry = axis_geometry(axis, image.shape)
+    assert geometry[0] == pytest.approx(79 / 120, abs=0.02) and geometry[3] == pytest.approx(0, abs=0.05)

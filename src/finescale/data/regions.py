@@ -88,18 +88,36 @@ def oriented_crop(image: np.ndarray, centre: tuple[float, float], angle_deg: flo
     )
 
 
-def end_crops(image: np.ndarray, *, out: int, side_frac: float = 0.4, inset_frac: float = 0.12) -> np.ndarray:
-    """Two crops of the object's ends, collar (top) first, tip (bottom) second: (2, out, out) float32.
+def object_crops(
+    image: np.ndarray, axis: ObjectAxis, *, out: int, side_frac: float = 0.4, inset_frac: float = 0.12,
+    whole: bool = True,
+) -> np.ndarray:
+    """Crops of the object: its top end (collar), its bottom end (tip) and, with ``whole``, the whole object with
+    a small margin; each rotated upright and resized to ``out`` x ``out``: (2 or 3, out, out) float32.
 
-    The crop side is a fraction of the object's pixel length, so thread spacing inside a crop is measured
-    relative to the object, whatever the pixel spacing of the radiograph; it is widened to the object's width
-    (plus a margin) when needed, so that both outlines, where the threads show best, stay inside.
+    End crops have a side that is a fraction of the object's pixel length, so thread spacing inside a crop is
+    measured relative to the object, whatever the pixel spacing of the radiograph; it is widened to the object's
+    width (plus a margin) when needed, so that both outlines, where the threads show best, stay inside. The whole
+    crop shows every thread at once in a frame normalised to the object's length.
     """
-    axis = find_bright_axis(image)
+    image = image.astype(np.float32)
     side = max(side_frac * axis.length, 1.25 * axis.width, 8.0)
     top, bottom = np.array(axis.top), np.array(axis.bottom)
     direction = (bottom - top) / max(axis.length, 1e-6)
     inset = inset_frac * axis.length
-    centres = (top + direction * inset, bottom - direction * inset)
-    crops = [oriented_crop(image.astype(np.float32), tuple(c), axis.angle, side, out) for c in centres]
-    return np.stack(crops).astype(np.float32)
+    crops = [oriented_crop(image, tuple(c), axis.angle, side, out) for c in (top + direction * inset,
+                                                                              bottom - direction * inset)]
+    if whole:
+        centre = tuple((top + bottom) / 2)
+        crops.append(oriented_crop(image, centre, axis.angle, max(1.1 * axis.length, 1.25 * axis.width, 8.0), out))
+    return np.stack(crops)
+
+
+def axis_geometry(axis: ObjectAxis, shape: tuple[int, int]) -> np.ndarray:
+    """Scale-free measurements of the object: length and width over the image side, their ratio, and the tilt
+    (radians): (4,) float32. Pixel spacing is unknown, so these bound the length without fixing it."""
+    side = float(max(shape))
+    return np.array(
+        [axis.length / side, axis.width / side, axis.length / max(axis.width, 1.0) / 4.0, np.radians(axis.angle)],
+        dtype=np.float32,
+    )

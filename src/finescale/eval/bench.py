@@ -32,12 +32,19 @@ def ensure_data(pipeline: Pipeline, data_dir: Path, *, n: int, seed: int = 0) ->
 
 
 def run_variant(
-    pipeline: Pipeline, run_dir: Path, *, preset: str, overrides: Mapping[str, Any], test_json: Path
+    pipeline: Pipeline,
+    run_dir: Path,
+    *,
+    preset: str,
+    overrides: Mapping[str, Any],
+    test_json: Path,
+    config_file: Path | None = None,
 ) -> dict[str, Any]:
+    """Train and test one configuration in ``run_dir``; reuses a finished run and resumes a crashed one."""
     done = run_dir / TEST_METRICS
     if done.exists():
         return read_json(done)
-    cfg = build_config(pipeline.config_class, preset=preset, overrides=overrides)
+    cfg = build_config(pipeline.config_class, preset=preset, config_file=config_file, overrides=overrides)
     resume = (run_dir / "last.ckpt").exists()
     start = time.perf_counter()
     summary = pipeline.train(cfg, run_dir, resume=resume)
@@ -67,10 +74,11 @@ def run_bench(
     data_dir: Path | None = None,
     n: int | None = None,
     overrides: Mapping[str, Any] | None = None,
+    config_file: Path | None = None,
 ) -> dict[str, Any]:
     out = Path(out)
     data_dir = ensure_data(pipeline, data_dir or out / "data", n=n or pipeline.demo_size)
-    base_cfg = build_config(pipeline.config_class, preset=preset, overrides=overrides or {})
+    base_cfg = build_config(pipeline.config_class, preset=preset, config_file=config_file, overrides=overrides or {})
     table = pipeline.bench_variants(base_cfg)
     chosen = list(variants) if variants else list(table)
     unknown = [v for v in chosen if v not in table]
@@ -91,7 +99,7 @@ def run_bench(
             }
             run_dir = out / "runs" / name.replace("+", "plus_") / f"seed{seed}"
             results.append(run_variant(pipeline, run_dir, preset=preset, overrides=run_overrides,
-                                       test_json=data_dir / "test.json"))
+                                       test_json=data_dir / "test.json", config_file=config_file))
         rows.append(summarise(name, seeds, results, pipeline.bench_metrics))
         write_bench(out, pipeline, preset, rows)  # after every variant: partial results survive a crash
     if pipeline.extra_baselines is not None:

@@ -120,7 +120,9 @@ def render_radiograph(
     info: mm_per_px, tilt_deg, implant_box_xyxy (pixel bbox, exclusive max), axis_top_xy / axis_bottom_xy (pixel
     centres at integer coordinates), length_px.
     """
-    mpp = float(rng.uniform(0.050, 0.075) * 384.0 / size)  # ~1.5x range: pixel length alone is ambiguous
+    # Pixel spacing spans a factor of 2 (log-uniform, as from sensors and magnifications that differ), so an
+    # implant's pixel length alone leaves its length uncertain by about +-1.5 mm; threads x pitch resolve it.
+    mpp = float(np.exp(rng.uniform(np.log(0.050), np.log(0.100))) * 384.0 / size)
     tilt = float(rng.uniform(-8.0, 8.0))
     th = np.deg2rad(tilt)
     ax, ay = np.sin(th), np.cos(th)
@@ -216,10 +218,6 @@ def _make_one(index: int, seed: int, size: int, images: str, split: tuple[float,
     return which, rec
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # processes already give the parallelism; avoid oversubscription
-
-
 def generate_implants(
     out: str | Path,
     n: int = 1200,
@@ -245,8 +243,16 @@ def generate_implants(
     desc = f"Rendering {n} implant radiographs"
     bar = {"total": n, "description": desc, "console": Console(stderr=True)}  # stdout stays clean for CLI JSON
     if workers > 1 and n >= 64:
-        with mp.get_context().Pool(workers, initializer=_init_worker) as pool:
-            results = list(track(pool.imap(job, range(n), chunksize=8), **bar))
+        # fork (no __main__ guard needed in user scripts), but first shut OpenCV's thread pool down: a forked child
+        # inherits it half-alive and can deadlock in it. One cv2 thread per worker process is what we want anyway.
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        threads = cv2.getNumThreads()
+        cv2.setNumThreads(1)
+        try:
+            with mp.get_context(method).Pool(workers) as pool:
+                results = list(track(pool.imap(job, range(n), chunksize=8), **bar))
+        finally:
+            cv2.setNumThreads(threads)
     else:
         results = [job(i) for i in track(range(n), **bar)]
 

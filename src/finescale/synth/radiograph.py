@@ -149,7 +149,8 @@ def bone_background(
     """Soft tissue plus trabecular bone below a wavy alveolar crest; returns (density, bone mask in [0, 1])."""
     yy, xx = _coords(size)
     ang = rng.uniform(0.0, 2.0 * np.pi)
-    soft = rng.uniform(0.3, 0.55) + rng.uniform(0.0, 0.15) / size * (np.cos(ang) * xx + np.sin(ang) * yy)
+    gx, gy = float(np.cos(ang)), float(np.sin(ang))  # Python floats: NumPy scalars would upcast to float64
+    soft = rng.uniform(0.3, 0.55) + rng.uniform(0.0, 0.15) / size * (gx * xx + gy * yy)
 
     # trabeculae: zero crossings of band-pass noise form an irregular network of struts around marrow spaces
     noise = rng.random((size, size), dtype=np.float32) - 0.5  # uniform is 4x cheaper; Gaussian after blurring
@@ -174,8 +175,8 @@ def bone_background(
 
 def _frame(tilt_deg: float) -> tuple[float, float, float, float]:
     """(axis x, axis y, normal x, normal y) of a structure tilted by ``tilt_deg`` from vertical (y down)."""
-    th = np.deg2rad(tilt_deg)
-    return np.sin(th), np.cos(th), np.cos(th), -np.sin(th)
+    th = float(np.deg2rad(tilt_deg))
+    return float(np.sin(th)), float(np.cos(th)), float(np.cos(th)), -float(np.sin(th))
 
 
 def _crop_for(pts: np.ndarray, margin: float, shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
@@ -279,7 +280,7 @@ def degrade(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     size = img.shape[0]
     img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.4, 1.3))
     yy, xx = _coords(size)
-    cx, cy = rng.uniform(0.3, 0.7, 2) * size
+    cx, cy = rng.uniform(0.3, 0.7) * size, rng.uniform(0.3, 0.7) * size
     img *= 1.0 - rng.uniform(0.0, 0.15) * ((xx - cx) ** 2 + (yy - cy) ** 2) / (0.5 * size * size)
     lo, hi = rng.uniform(-0.05, 0.15), rng.uniform(1.0, 1.1)  # hi >= 1 keeps metal unclipped
     img = cv2.pow(np.clip((img - lo) / (hi - lo), 0.0, 1.0), rng.uniform(0.75, 1.35))

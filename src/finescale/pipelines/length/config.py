@@ -16,6 +16,8 @@ class LengthModelConfig(Section):
     scales: list[int] = Field([96, 160], description="input resolutions of the whole image, e.g. 224,384")
     share_backbone: bool = Field(True, description="one backbone for every scale instead of one each")
     use_crops: bool = Field(True, description="add the collar and tip crop branch")
+    whole_crop: bool = Field(True, description="the crop branch also sees the whole implant, upright")
+    use_geometry: bool = Field(True, description="feed the implant's measured pixel length/width/tilt to the fusion")
     crop_size: int = Field(64, ge=16, description="crop resolution fed to the crop backbone")
     crop_frac: float = Field(0.4, gt=0, le=1, description="crop side as a fraction of the implant's pixel length")
     fusion: Literal["concat", "attention"] = Field("concat", description="how branch features are fused")

@@ -1,7 +1,8 @@
 """Data for the ``length`` pipeline: manifest records -> multi-scale views (+ end crops) -> batches.
 
-A batch is a dict: ``scales`` = list over scales of (B, 1, s, s) float in [0, 1], ``crops`` = (B, 2, 1, c, c) with the
-collar crop first and the tip crop second (only when crops are on), ``length_mm`` = (B,) float.
+A batch is a dict: ``scales`` = list over scales of (B, 1, s, s) float in [0, 1]; ``crops`` = (B, R, 1, c, c) with the
+collar crop, the tip crop and (``whole_crop``) the whole implant, R = 2 or 3 (only when crops are on);
+``geometry`` = (B, 4) scale-free measurements of the implant (only with ``use_geometry``); ``length_mm`` = (B,).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from finescale.data.images import letterbox_square, read_image
 from finescale.data.manifest import FieldSpec, Manifest, load_manifest
-from finescale.data.regions import end_crops
+from finescale.data.regions import axis_geometry, find_bright_axis, object_crops
 from finescale.pipelines.length.config import LengthConfig, LengthModelConfig
 
 FIELDS = (FieldSpec("image", "image"), FieldSpec("length_mm", "float", low=0.5, high=100.0))
@@ -35,9 +36,15 @@ def prepare_views(image: np.ndarray, model_cfg: LengthModelConfig) -> dict[str, 
     views: dict[str, torch.Tensor | list[torch.Tensor]] = {
         "scales": [torch.from_numpy(_resize(square, s))[None] for s in model_cfg.scales]
     }
+    if model_cfg.use_crops or model_cfg.use_geometry:
+        axis = find_bright_axis(image)
     if model_cfg.use_crops:
-        crops = end_crops(image, out=model_cfg.crop_size, side_frac=model_cfg.crop_frac)
+        crops = object_crops(
+            image, axis, out=model_cfg.crop_size, side_frac=model_cfg.crop_frac, whole=model_cfg.whole_crop
+        )
         views["crops"] = torch.from_numpy(crops)[:, None]
+    if model_cfg.use_geometry:
+        views["geometry"] = torch.from_numpy(axis_geometry(axis, image.shape))
     return views
 
 
@@ -53,7 +60,8 @@ class RandFlipAndExposure:
     def __init__(self, *, flip_p: float = 0.5, gamma: float = 0.25, contrast: float = 0.15, brightness: float = 0.05):
         self.flip_p, self.gamma, self.contrast, self.brightness = flip_p, gamma, contrast, brightness
 
-    def __call__(self, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    def __call__(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
+        """Returns the changed views and whether they were flipped (mirrored measurements must follow)."""
         flip = bool(torch.rand(()) < self.flip_p)
         gamma = float(torch.empty(()).uniform_(-self.gamma, self.gamma).exp())
         contrast = float(torch.empty(()).uniform_(1 - self.contrast, 1 + self.contrast))
@@ -63,7 +71,7 @@ class RandFlipAndExposure:
             view = view.flip(-1) if flip else view
             view = view.clamp(0, 1).pow(gamma)
             out.append(((view - 0.5) * contrast + 0.5 + shift).clamp(0, 1))
-        return out
+        return out, flip
 
 
 class LengthDataset(Dataset):
@@ -89,12 +97,18 @@ class LengthDataset(Dataset):
         else:
             views = prepare_views(read_image(self.records[index]["image"]), self.model_cfg)
         flat = [v.float() for v in views["scales"]] + ([views["crops"].float()] if "crops" in views else [])
+        flipped = False
         if self.augment is not None:
-            flat = self.augment(flat)
+            flat, flipped = self.augment(flat)
         n = len(self.model_cfg.scales)
         item = {"scales": flat[:n], "length_mm": torch.tensor(self.records[index]["length_mm"], dtype=torch.float32)}
         if "crops" in views:
             item["crops"] = flat[n]
+        if "geometry" in views:
+            geometry = views["geometry"].float().clone()
+            if flipped:
+                geometry[3] = -geometry[3]  # a mirrored image tilts the other way
+            item["geometry"] = geometry
         return item
 
 

@@ -31,6 +31,7 @@ class MultiScaleLengthModel(nn.Module):
         *,
         scale_encoders: nn.ModuleList,
         crop_encoder: nn.Module | None,
+        geometry_encoder: nn.Module | None,
         fusion: nn.Module,
         centers: torch.Tensor,
         smooth_sigma: float,
@@ -40,6 +41,7 @@ class MultiScaleLengthModel(nn.Module):
         super().__init__()
         self.scale_encoders = scale_encoders
         self.crop_encoder = crop_encoder
+        self.geometry_encoder = geometry_encoder
         self.fusion = fusion
         self.classifier = nn.Linear(fusion.out_dim, centers.numel())
         self.regressor = nn.Linear(fusion.out_dim, 1) if aux_regression_weight > 0 else None
@@ -63,12 +65,16 @@ class MultiScaleLengthModel(nn.Module):
         first = encoder()
         scale_encoders = nn.ModuleList([first] + [first if cfg.share_backbone else encoder() for _ in cfg.scales[1:]])
         crop_encoder = (first if cfg.share_backbone else encoder()) if cfg.use_crops else None
-        # two crop features (collar, tip) are kept apart so the fusion knows which end is which
-        in_dims = [e.out_dim for e in scale_encoders] + ([crop_encoder.out_dim] * 2 if crop_encoder else [])
+        geometry_encoder = nn.Sequential(nn.Linear(4, 32), nn.GELU()) if cfg.use_geometry else None
+        # crop features (collar, tip, whole) are kept apart so the fusion knows which region is which
+        n_crops = 3 if cfg.whole_crop else 2
+        in_dims = [e.out_dim for e in scale_encoders] + ([crop_encoder.out_dim] * n_crops if crop_encoder else [])
+        in_dims += [32] if geometry_encoder else []
         fusion = FUSIONS.create(cfg.fusion, in_dims=in_dims, out_dim=cfg.fusion_dim, dropout=cfg.dropout)
         return cls(
             scale_encoders=scale_encoders,
             crop_encoder=crop_encoder,
+            geometry_encoder=geometry_encoder,
             fusion=fusion,
             centers=bin_centers(cfg),
             smooth_sigma=cfg.smooth_sigma,
@@ -79,10 +85,12 @@ class MultiScaleLengthModel(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         features = [enc(x) for enc, x in zip(self.scale_encoders, batch["scales"], strict=True)]
         if self.crop_encoder is not None:
-            crops = batch["crops"]  # (B, 2, 1, c, c)
-            b = crops.shape[0]
-            crop_features = self.crop_encoder(crops.flatten(0, 1)).view(b, 2, -1)
-            features += [crop_features[:, 0], crop_features[:, 1]]
+            crops = batch["crops"]  # (B, R, 1, c, c)
+            b, regions = crops.shape[:2]
+            crop_features = self.crop_encoder(crops.flatten(0, 1)).view(b, regions, -1)
+            features += list(crop_features.unbind(dim=1))
+        if self.geometry_encoder is not None:
+            features.append(self.geometry_encoder(batch["geometry"]))
         fused = self.fusion(features)
         out = {"logits": self.classifier(fused)}
         if self.regressor is not None:

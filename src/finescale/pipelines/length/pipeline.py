@@ -1,6 +1,7 @@
 """The ``length`` entry of the pipeline table."""
 
 from finescale.pipelines import Pipeline
+from finescale.pipelines.length.baselines import pixel_extent_baseline
 from finescale.pipelines.length.bench import METRICS, bench_variants
 from finescale.pipelines.length.config import LengthConfig
 from finescale.pipelines.length.predict import LengthPredictor
@@ -18,4 +19,5 @@ PIPELINE = Pipeline(
     synth=generate_implants,
     bench_variants=bench_variants,
     bench_metrics=METRICS,
+    extra_baselines=pixel_extent_baseline,
 )

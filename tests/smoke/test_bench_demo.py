@@ -1,0 +1,52 @@
+"""``finescale bench`` and ``finescale demo`` end to end on tiny generated data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import finescale
+
+pytestmark = pytest.mark.slow
+
+TINY_YAML = """
+trainer: {epochs: 1, batch_size: 8, accelerator: cpu, progress: false, limit_train_batches: 2}
+model: {scales: [32, 48], crop_size: 32, fusion_dim: 32}
+"""
+
+
+def test_bench_writes_the_table_and_resumes(implants: Path, tmp_path: Path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    out = tmp_path / "bench"
+    args = ["bench", "length", "--out", out, "--data", implants, "--seeds", "0,1", "--variants",
+            "baseline,+crops,recipe", "--config", config]
+    finescale(*args)
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["pipeline"] == "length" and bench["preset"] == "quick"
+    rows = {row["variant"]: row for row in bench["rows"]}
+    assert {"baseline", "+crops", "recipe", "pixel_extent_lstsq"} <= set(rows)
+    for name in ("baseline", "+crops", "recipe"):
+        assert rows[name]["seeds"] == [0, 1]
+        assert rows[name]["length_mae_mm_mean"] > 0 and rows[name]["length_mae_mm_std"] >= 0
+        assert rows[name]["train_seconds_mean"] > 0
+    baseline_cfg = (out / "runs" / "baseline" / "seed0" / "config.yaml").read_text()
+    assert "use_crops: false" in baseline_cfg and "smooth_sigma: 0.0" in baseline_cfg
+    assert "| recipe |" in (out / "bench.md").read_text() and (out / "bench.png").exists()
+    # a second call reuses the finished runs instead of training again
+    stamp = (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime
+    finescale(*args)
+    assert (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime == stamp
+
+
+def test_demo_writes_report_and_metrics(tmp_path: Path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    out = tmp_path / "demo"
+    finescale("demo", "--out", out, "--n", "30", "--config", config)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["length_mae_mm"] > 0 and metrics["length_n_test"] > 0
+    report = (out / "report.html").read_text()
+    assert "length" in report and (out / "length" / "report.html").exists()
