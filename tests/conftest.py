@@ -15,8 +15,21 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 # Flags that make a length run tiny: two small scales, small crops, a narrow fusion, one short epoch.
 TINY_LENGTH = [
-    "--scales", "32,48", "--crop-size", "32", "--fusion-dim", "32", "--batch-size", "8", "--epochs", "1",
-    "--accelerator", "cpu", "--no-progress", "--checkpoint-every-n-steps", "1",
+    "--scales",
+    "32,48",
+    "--crop-size",
+    "32",
+    "--fusion-dim",
+    "32",
+    "--batch-size",
+    "8",
+    "--epochs",
+    "1",
+    "--accelerator",
+    "cpu",
+    "--no-progress",
+    "--checkpoint-every-n-steps",
+    "1",
 ]
 
 
@@ -43,6 +56,15 @@ def implants(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def length_run(implants: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A length run trained for one tiny epoch through the CLI."""
     run = tmp_path_factory.mktemp("length_run")
-    finescale("length", "train", "--train-json", implants / "train.json", "--val-json", implants / "val.json",
-              "--out", run, *TINY_LENGTH)
+    finescale(
+        "length",
+        "train",
+        "--train-json",
+        implants / "train.json",
+        "--val-json",
+        implants / "val.json",
+        "--out",
+        run,
+        *TINY_LENGTH,
+    )
     return run

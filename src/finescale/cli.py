@@ -47,7 +47,9 @@ def bench(
     preset: Annotated[str, typer.Option("--preset")] = "quick",
     seeds: Annotated[str, typer.Option("--seeds", help="comma-separated seeds")] = "0,1",
     variants: Annotated[str | None, typer.Option("--variants", help="comma-separated subset of variants")] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="folder with train/val/test.json (default: synth)")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="folder with train/val/test.json (default: synth)")
+    ] = None,
     n: Annotated[int | None, typer.Option("--n", help="images to synthesise when --data is not given")] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="override the preset's epochs")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML merged over the preset for every run")] = None,
@@ -57,9 +59,15 @@ def bench(
     from finescale.pipelines import get_pipeline
 
     run_bench(
-        get_pipeline(pipeline), out, preset=preset, seeds=[int(s) for s in seeds.split(",")],
-        variants=variants.split(",") if variants else None, data_dir=data, n=n,
-        overrides={"epochs": epochs} if epochs else None, config_file=config,
+        get_pipeline(pipeline),
+        out,
+        preset=preset,
+        seeds=[int(s) for s in seeds.split(",")],
+        variants=variants.split(",") if variants else None,
+        data_dir=data,
+        n=n,
+        overrides={"epochs": epochs} if epochs else None,
+        config_file=config,
     )
     typer.echo((out / "bench.md").read_text())
 
@@ -68,7 +76,9 @@ def bench(
 def demo(
     out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
     tasks: Annotated[str, typer.Option("--tasks", help="comma-separated pipelines")] = ",".join(PIPELINE_NAMES),
-    n: Annotated[int | None, typer.Option("--n", help="images per pipeline (default: the pipeline's demo size)")] = None,
+    n: Annotated[
+        int | None, typer.Option("--n", help="images per pipeline (default: the pipeline's demo size)")
+    ] = None,
     epochs: Annotated[int | None, typer.Option("--epochs", help="override the quick preset's epochs")] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML merged over the quick preset")] = None,
 ) -> None:

@@ -12,7 +12,7 @@ import inspect
 import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -57,8 +57,9 @@ def config_flags(config_class: type[RunConfig]) -> Callable[[Callable[..., Any]]
             kind = _flag_type(annotation)
             decls = [f"{flag}/--no-{flag[2:]}"] if kind is bool else [flag]
             option = typer.Option(None, *decls, help=_help(info, annotation), show_default=False)
-            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                                            annotation=Optional[kind]))  # noqa: UP045 (typer needs Optional)
+            params.append(
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind | None)
+            )
             generated.add(name)
 
         @functools.wraps(func)

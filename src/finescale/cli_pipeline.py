@@ -42,8 +42,13 @@ def pipeline_app(name: str, config_class: type, summary: str) -> typer.Typer:
 
     @app.command("train")
     @config_flags(config_class)
-    def train(out: Out, preset: Preset = "quick", config: ConfigFile = None, resume: Resume = False,
-              overrides: dict[str, Any] | None = None) -> None:
+    def train(
+        out: Out,
+        preset: Preset = "quick",
+        config: ConfigFile = None,
+        resume: Resume = False,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         """Train on --train-json, pick the best epoch on --val-json; writes everything into --out."""
         pipeline = get_pipeline(name)
         cfg = build_config(config_class, preset=preset, config_file=config, overrides=overrides)

@@ -37,10 +37,18 @@ def run_demo(
             **({"epochs": epochs} if epochs else {}),
         }
         run_dir = out / pipeline.name
-        metrics = run_variant(pipeline, run_dir, preset="quick", overrides=overrides, test_json=data_dir / "test.json",
-                              config_file=config_file)
+        metrics = run_variant(
+            pipeline,
+            run_dir,
+            preset="quick",
+            overrides=overrides,
+            test_json=data_dir / "test.json",
+            config_file=config_file,
+        )
         runs[pipeline.name] = run_dir
-        per_task[pipeline.name] = {k: metrics[k] for k in (*pipeline.bench_metrics, "n", "train_seconds") if k in metrics}
+        per_task[pipeline.name] = {
+            k: metrics[k] for k in (*pipeline.bench_metrics, "n", "train_seconds") if k in metrics
+        }
         summary.update({k: v for k, v in per_task[pipeline.name].items() if k not in ("n", "train_seconds")})
         summary[f"{pipeline.name}_n_test"] = metrics.get("n")
         summary[f"{pipeline.name}_train_seconds"] = metrics.get("train_seconds")

@@ -45,4 +45,3 @@ class Registry:
 
     def __len__(self) -> int:
         return len(self._entries)
-

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import finescale
 
 pytestmark = pytest.mark.slow
@@ -21,8 +20,20 @@ def test_bench_writes_the_table_and_resumes(implants: Path, tmp_path: Path):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_YAML)
     out = tmp_path / "bench"
-    args = ["bench", "length", "--out", out, "--data", implants, "--seeds", "0,1", "--variants",
-            "baseline,+crops,recipe", "--config", config]
+    args = [
+        "bench",
+        "length",
+        "--out",
+        out,
+        "--data",
+        implants,
+        "--seeds",
+        "0,1",
+        "--variants",
+        "baseline,+crops,recipe",
+        "--config",
+        config,
+    ]
     finescale(*args)
     bench = json.loads((out / "bench.json").read_text())
     assert bench["pipeline"] == "length" and bench["preset"] == "quick"

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from tests.conftest import TINY_LENGTH, finescale
 
 pytestmark = pytest.mark.slow
@@ -42,8 +41,9 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(length_run: Pa
 
 def test_eval_writes_metrics_plots_and_report(length_run: Path, implants: Path, tmp_path: Path):
     out = tmp_path / "eval" / "metrics.json"
-    result = finescale("length", "eval", "--checkpoint", length_run / "best.ckpt", "--json", implants / "test.json",
-                       "--out", out)
+    result = finescale(
+        "length", "eval", "--checkpoint", length_run / "best.ckpt", "--json", implants / "test.json", "--out", out
+    )
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     metrics = json.loads(out.read_text())
     for key in ("length_mae_mm", "length_bin_accuracy", "length_within_1bin", "n"):
@@ -93,8 +93,19 @@ def write_mixed_manifest(implants: Path, out: Path) -> Path:
 def test_mixed_manifest_trains_and_counts_the_skipped(implants: Path, tmp_path: Path):
     mixed = write_mixed_manifest(implants, tmp_path / "data")
     run = tmp_path / "run"
-    finescale("length", "train", "--train-json", mixed, "--val-json", implants / "val.json", "--out", run,
-              *TINY_LENGTH, "--limit-train-batches", "2")
+    finescale(
+        "length",
+        "train",
+        "--train-json",
+        mixed,
+        "--val-json",
+        implants / "val.json",
+        "--out",
+        run,
+        *TINY_LENGTH,
+        "--limit-train-batches",
+        "2",
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     for reason in ("empty_string", "not_a_number", "nan", "out_of_range", "missing_file", "unreadable_image"):
         assert metrics[f"train_skipped_{reason}"] == 1, reason
@@ -104,23 +115,46 @@ def test_mixed_manifest_trains_and_counts_the_skipped(implants: Path, tmp_path: 
 def test_all_bad_manifest_exits_with_one_line(implants: Path, tmp_path: Path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image": "nope.png", "length_mm": 10}, {"image": "x.png", "length_mm": "?"}]))
-    result = finescale("length", "train", "--train-json", bad, "--val-json", bad, "--out", tmp_path / "run",
-                       *TINY_LENGTH, check=False)
+    result = finescale(
+        "length", "train", "--train-json", bad, "--val-json", bad, "--out", tmp_path / "run", *TINY_LENGTH, check=False
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no valid records in") and "Traceback" not in result.stderr
 
 
 def test_bad_flag_value_is_a_one_line_error(implants: Path, tmp_path: Path):
-    result = finescale("length", "train", "--train-json", implants / "train.json", "--val-json",
-                       implants / "val.json", "--out", tmp_path / "r", "--fusion", "sum", check=False)
+    result = finescale(
+        "length",
+        "train",
+        "--train-json",
+        implants / "train.json",
+        "--val-json",
+        implants / "val.json",
+        "--out",
+        tmp_path / "r",
+        "--fusion",
+        "sum",
+        check=False,
+    )
     assert result.returncode == 2 and result.stderr.strip().startswith("error: invalid config value for model.fusion")
 
 
 def test_same_seed_same_numbers(implants: Path, tmp_path: Path):
     scores = []
     for name in ("a", "b"):
-        finescale("length", "train", "--train-json", implants / "train.json", "--val-json", implants / "val.json",
-                  "--out", tmp_path / name, *TINY_LENGTH, "--limit-train-batches", "2")
+        finescale(
+            "length",
+            "train",
+            "--train-json",
+            implants / "train.json",
+            "--val-json",
+            implants / "val.json",
+            "--out",
+            tmp_path / name,
+            *TINY_LENGTH,
+            "--limit-train-batches",
+            "2",
+        )
         scores.append(json.loads((tmp_path / name / "metrics.json").read_text())["best_val_length_mae_mm"])
     assert scores[0] == scores[1]

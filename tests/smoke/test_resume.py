@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tests.conftest import TINY_LENGTH, finescale
 
 pytestmark = pytest.mark.slow
@@ -18,10 +17,24 @@ pytestmark = pytest.mark.slow
 
 def test_killed_run_finishes_with_resume(implants: Path, tmp_path: Path):
     run = tmp_path / "run"
-    args = ["length", "train", "--train-json", implants / "train.json", "--val-json", implants / "val.json",
-            "--out", run, *TINY_LENGTH, "--epochs", "4", "--batch-size", "4"]
-    proc = subprocess.Popen([sys.executable, "-m", "finescale.cli", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [
+        "length",
+        "train",
+        "--train-json",
+        implants / "train.json",
+        "--val-json",
+        implants / "val.json",
+        "--out",
+        run,
+        *TINY_LENGTH,
+        "--epochs",
+        "4",
+        "--batch-size",
+        "4",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finescale.cli", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     while not (run / "last.ckpt").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)

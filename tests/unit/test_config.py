@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from finescale.config import build_config, flag_paths, save_config, read_yaml, validate_config
+from finescale.config import build_config, flag_paths, read_yaml, save_config, validate_config
 from finescale.errors import FinescaleError
 from finescale.pipelines.length.config import LengthConfig
 

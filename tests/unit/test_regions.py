@@ -9,8 +9,9 @@ from finescale.synth.implants import CATALOGUE, render_radiograph
 def test_axis_found_from_the_image_matches_the_rendered_implant(index: int):
     rng = np.random.default_rng(index)
     model = CATALOGUE[(index * 5) % len(CATALOGUE)]
-    image, info = render_radiograph(model, model.lengths_mm[index % len(model.lengths_mm)],
-                                    model.diameters_mm[0], rng, size=256)
+    image, info = render_radiograph(
+        model, model.lengths_mm[index % len(model.lengths_mm)], model.diameters_mm[0], rng, size=256
+    )
     axis = find_bright_axis(image.astype(np.float32) / 255)
     true_top, true_bottom = np.array(info["axis_top_xy"]), np.array(info["axis_bottom_xy"])
     true_length = np.linalg.norm(true_bottom - true_top)

@@ -76,20 +76,30 @@ def _brightest_blob(smooth: np.ndarray, threshold: float) -> np.ndarray:
     return labels == int(np.argmax(mass))
 
 
-def oriented_crop(image: np.ndarray, centre: tuple[float, float], angle_deg: float, side: float, out: int) -> np.ndarray:
+def oriented_crop(
+    image: np.ndarray, centre: tuple[float, float], angle_deg: float, side: float, out: int
+) -> np.ndarray:
     """Square crop of ``side`` pixels around ``centre``, rotated so the object axis is vertical, resized to
     ``out`` x ``out``; pixels outside the image are filled by edge replication."""
     scale = out / max(side, 1.0)
     matrix = cv2.getRotationMatrix2D(centre, -angle_deg, scale)
     matrix[:, 2] += np.array([out / 2.0, out / 2.0]) - np.array(centre)
     return cv2.warpAffine(
-        image, matrix, (out, out), flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
+        image,
+        matrix,
+        (out, out),
+        flags=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
         borderMode=cv2.BORDER_REPLICATE,
     )
 
 
 def object_crops(
-    image: np.ndarray, axis: ObjectAxis, *, out: int, side_frac: float = 0.4, inset_frac: float = 0.12,
+    image: np.ndarray,
+    axis: ObjectAxis,
+    *,
+    out: int,
+    side_frac: float = 0.4,
+    inset_frac: float = 0.12,
     whole: bool = True,
 ) -> np.ndarray:
     """Crops of the object: its top end (collar), its bottom end (tip) and, with ``whole``, the whole object with
@@ -105,8 +115,10 @@ def object_crops(
     top, bottom = np.array(axis.top), np.array(axis.bottom)
     direction = (bottom - top) / max(axis.length, 1e-6)
     inset = inset_frac * axis.length
-    crops = [oriented_crop(image, tuple(c), axis.angle, side, out) for c in (top + direction * inset,
-                                                                              bottom - direction * inset)]
+    crops = [
+        oriented_crop(image, tuple(c), axis.angle, side, out)
+        for c in (top + direction * inset, bottom - direction * inset)
+    ]
     if whole:
         centre = tuple((top + bottom) / 2)
         crops.append(oriented_crop(image, centre, axis.angle, max(1.1 * axis.length, 1.25 * axis.width, 8.0), out))

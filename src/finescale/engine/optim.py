@@ -36,7 +36,9 @@ def build_param_groups(groups: Sequence[ParamGroup], *, lr: float, weight_decay:
             (no_decay if param.ndim <= 1 else decay).append(param)
         for suffix, params, wd in (("", decay, weight_decay), ("_no_decay", no_decay, 0.0)):
             if params:
-                out.append({"params": params, "lr": lr * group.lr_mult, "weight_decay": wd, "name": group.name + suffix})
+                out.append(
+                    {"params": params, "lr": lr * group.lr_mult, "weight_decay": wd, "name": group.name + suffix}
+                )
     return out
 
 

@@ -67,9 +67,7 @@ def fit(
     ckpt = check_run_dir(run_dir, resume=resume)
     seed_everything(cfg.trainer.seed, deterministic=cfg.trainer.deterministic)
     task = build_task()
-    trainer = build_trainer(
-        cfg.trainer, run_dir, monitor=task.monitor, mode=task.monitor_mode, callbacks=callbacks
-    )
+    trainer = build_trainer(cfg.trainer, run_dir, monitor=task.monitor, mode=task.monitor_mode, callbacks=callbacks)
     if trainer.is_global_zero:
         save_config(cfg, run_dir / CONFIG)
     start = time.perf_counter()

@@ -98,8 +98,16 @@ def run_bench(
                 "val_json": str(data_dir / "val.json"),
             }
             run_dir = out / "runs" / name.replace("+", "plus_") / f"seed{seed}"
-            results.append(run_variant(pipeline, run_dir, preset=preset, overrides=run_overrides,
-                                       test_json=data_dir / "test.json", config_file=config_file))
+            results.append(
+                run_variant(
+                    pipeline,
+                    run_dir,
+                    preset=preset,
+                    overrides=run_overrides,
+                    test_json=data_dir / "test.json",
+                    config_file=config_file,
+                )
+            )
         rows.append(summarise(name, seeds, results, pipeline.bench_metrics))
         write_bench(out, pipeline, preset, rows)  # after every variant: partial results survive a crash
     if pipeline.extra_baselines is not None:
@@ -116,8 +124,12 @@ def write_bench(out: Path, pipeline: Pipeline, preset: str, rows: list[dict]) ->
     done = [r for r in rows if r.get(f"{main}_mean") is not None]
     if done:
         plots.plot_bar_with_errors(
-            [r["variant"] for r in done], [r[f"{main}_mean"] for r in done], [r[f"{main}_std"] for r in done],
-            out / "bench.png", title=f"{pipeline.name} bench ({preset})", ylabel=main,
+            [r["variant"] for r in done],
+            [r[f"{main}_mean"] for r in done],
+            [r[f"{main}_std"] for r in done],
+            out / "bench.png",
+            title=f"{pipeline.name} bench ({preset})",
+            ylabel=main,
         )
     return result
 

@@ -1,5 +1,5 @@
-"""The table of pipelines. Each pipeline package exposes a ``PIPELINE`` object (a :class:`Pipeline`); it is imported
-only when asked for (``<name>.pipeline``), so that ``finescale --help`` stays fast and one pipeline's extra needs never slow another."""
+"""The table of pipelines. Each pipeline's ``<name>/pipeline.py`` holds a ``PIPELINE`` object (a :class:`Pipeline`),
+imported only when asked for, so that ``finescale --help`` stays fast and one pipeline's needs never slow another."""
 
 from __future__ import annotations
 

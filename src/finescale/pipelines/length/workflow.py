@@ -21,7 +21,10 @@ TITLE = "finescale length: implant length from a radiograph"
 
 def train(cfg: LengthConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
     summary = fit(
-        cfg, run_dir, build_task=lambda: LengthTask(cfg.model_dump(mode="json")), datamodule=LengthDataModule(cfg),
+        cfg,
+        run_dir,
+        build_task=lambda: LengthTask(cfg.model_dump(mode="json")),
+        datamodule=LengthDataModule(cfg),
         resume=resume,
     )
     if (run_dir / "config.yaml").exists():
