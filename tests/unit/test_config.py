@@ -9,7 +9,7 @@ from finescale.pipelines.length.config import LengthConfig
 
 def test_quick_preset_is_the_field_defaults():
     cfg = build_config(LengthConfig, preset="quick")
-    assert cfg.model.scales == [96, 160]
+    assert cfg.model.scales == [64, 128]
     assert cfg.preset == "quick"
 
 

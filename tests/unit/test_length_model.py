@@ -16,6 +16,8 @@ def batch(cfg: LengthModelConfig, size: int = 3) -> dict:
         out["crops"] = torch.rand(size, 3 if cfg.whole_crop else 2, 1, cfg.crop_size, cfg.crop_size)
     if cfg.use_geometry:
         out["geometry"] = torch.rand(size, 4)
+    if cfg.use_profile:
+        out["profile"] = torch.rand(size, 5, cfg.profile_samples)
     return out
 
 
@@ -26,7 +28,7 @@ def batch(cfg: LengthModelConfig, size: int = 3) -> dict:
         {"scales": [32]},
         {"scales": [32, 48, 64], "share_backbone": False},
         {"use_crops": False},
-        {"whole_crop": False, "use_geometry": False},
+        {"whole_crop": False, "use_geometry": False, "use_profile": False},
         {"fusion": "attention"},
         {"aux_regression_weight": 0.0},
     ],

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from finescale.data.regions import axis_geometry, find_bright_axis, object_crops, oriented_crop
+from finescale.data.regions import axis_geometry, axis_profiles, find_bright_axis, object_crops, oriented_crop
 from finescale.synth.implants import CATALOGUE, render_radiograph
 
 
@@ -50,3 +50,18 @@ def test_object_crops_shape_order_and_geometry():
     assert object_crops(image, axis, out=24, whole=False).shape == (2, 24, 24)
     geometry = axis_geometry(axis, image.shape)
     assert geometry[0] == pytest.approx(79 / 120, abs=0.02) and geometry[3] == pytest.approx(0, abs=0.05)
+
+
+def test_axis_profiles_show_the_thread_period():
+    # a vertical bar whose brightness oscillates with a period of 8 px, like threads on a radiograph
+    image = np.zeros((200, 100), dtype=np.float32)
+    rows = np.arange(40, 160)
+    image[40:160, 40:60] = (0.7 + 0.2 * np.sin(2 * np.pi * rows / 8.0))[:, None]
+    axis = find_bright_axis(image)
+    profiles = axis_profiles(image, axis, samples=512)
+    assert profiles.shape == (5, 512)
+    centre = profiles[2, 40:-40] - profiles[2, 40:-40].mean()
+    spectrum = np.abs(np.fft.rfft(centre))
+    peak = int(np.argmax(spectrum[1:])) + 1
+    samples_per_px = 512 / (1.1 * axis.length)
+    assert len(centre) / peak / samples_per_px == pytest.approx(8.0, rel=0.1)

@@ -13,11 +13,13 @@ class LengthModelConfig(Section):
     backbone: str = Field("test_resnet", description="timm model name (ViT-B in full, a tiny CNN in quick)")
     pretrained: bool = Field(False, description="load timm's pretrained weights (needs them cached locally)")
     weights: str | None = Field(None, description="state-dict file to load into every backbone")
-    scales: list[int] = Field([96, 160], description="input resolutions of the whole image, e.g. 224,384")
+    scales: list[int] = Field([64, 128], description="input resolutions of the whole image, e.g. 224,384")
     share_backbone: bool = Field(True, description="one backbone for every scale instead of one each")
     use_crops: bool = Field(True, description="add the collar and tip crop branch")
     whole_crop: bool = Field(True, description="the crop branch also sees the whole implant, upright")
     use_geometry: bool = Field(True, description="feed the implant's measured pixel length/width/tilt to the fusion")
+    use_profile: bool = Field(True, description="add a 1-D branch over intensity profiles along the implant axis")
+    profile_samples: int = Field(256, ge=32, description="samples per axis profile")
     crop_size: int = Field(64, ge=16, description="crop resolution fed to the crop backbone")
     crop_frac: float = Field(0.4, gt=0, le=1, description="crop side as a fraction of the implant's pixel length")
     fusion: Literal["concat", "attention"] = Field("concat", description="how branch features are fused")
@@ -28,8 +30,9 @@ class LengthModelConfig(Section):
     bin_width: float = Field(0.5, gt=0, description="distance between bin centres, mm")
     smooth_sigma: float = Field(0.5, ge=0, description="Gaussian smooth-label width in mm; 0 = hard labels")
     aux_regression_weight: float = Field(0.3, ge=0, description="weight of the fine-length regression loss; 0 = off")
-    fine_length: Literal["auto", "expectation", "regression"] = Field(
-        "auto", description="fine length from the bin expectation or the regression head (auto: regression if on)"
+    fine_length: Literal["expectation", "regression"] = Field(
+        "expectation",
+        description="fine length = expectation of the bin distribution (measured better) or the regression head",
     )
 
     @field_validator("scales")
@@ -47,6 +50,6 @@ class LengthDataConfig(Section):
 
 class LengthConfig(RunConfig):
     pipeline: Literal["length"] = "length"
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=12, batch_size=32, lr=2e-3))
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=6, batch_size=32, lr=2e-3))
     model: LengthModelConfig = Field(default_factory=LengthModelConfig)
     data: LengthDataConfig = Field(default_factory=LengthDataConfig)

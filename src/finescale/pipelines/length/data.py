@@ -2,7 +2,8 @@
 
 A batch is a dict: ``scales`` = list over scales of (B, 1, s, s) float in [0, 1]; ``crops`` = (B, R, 1, c, c) with the
 collar crop, the tip crop and (``whole_crop``) the whole implant, R = 2 or 3 (only when crops are on);
-``geometry`` = (B, 4) scale-free measurements of the implant (only with ``use_geometry``); ``length_mm`` = (B,).
+``geometry`` = (B, 4) scale-free measurements of the implant (only with ``use_geometry``); ``profile`` = (B, 5, P)
+intensity profiles along the implant axis (only with ``use_profile``); ``length_mm`` = (B,).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import lightning as L
 import numpy as np
 import torch
@@ -19,7 +19,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from finescale.data.images import letterbox_square, read_image
 from finescale.data.manifest import FieldSpec, Manifest, load_manifest
-from finescale.data.regions import axis_geometry, find_bright_axis, object_crops
+from finescale.data.regions import axis_geometry, axis_profiles, find_bright_axis, object_crops
+from finescale.data.transforms import RandFlipAndExposure, RandShiftZoom
+from finescale.data.transforms import resize_image as _resize
 from finescale.pipelines.length.config import LengthConfig, LengthModelConfig
 
 FIELDS = (FieldSpec("image", "image"), FieldSpec("length_mm", "float", low=0.5, high=100.0))
@@ -36,7 +38,7 @@ def prepare_views(image: np.ndarray, model_cfg: LengthModelConfig) -> dict[str, 
     views: dict[str, torch.Tensor | list[torch.Tensor]] = {
         "scales": [torch.from_numpy(_resize(square, s))[None] for s in model_cfg.scales]
     }
-    if model_cfg.use_crops or model_cfg.use_geometry:
+    if model_cfg.use_crops or model_cfg.use_geometry or model_cfg.use_profile:
         axis = find_bright_axis(image)
     if model_cfg.use_crops:
         crops = object_crops(
@@ -45,33 +47,9 @@ def prepare_views(image: np.ndarray, model_cfg: LengthModelConfig) -> dict[str, 
         views["crops"] = torch.from_numpy(crops)[:, None]
     if model_cfg.use_geometry:
         views["geometry"] = torch.from_numpy(axis_geometry(axis, image.shape))
+    if model_cfg.use_profile:
+        views["profile"] = torch.from_numpy(axis_profiles(image, axis, samples=model_cfg.profile_samples))
     return views
-
-
-def _resize(image: np.ndarray, size: int) -> np.ndarray:
-    interp = cv2.INTER_AREA if image.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(image.astype(np.float32), (size, size), interpolation=interp)
-
-
-class RandFlipAndExposure:
-    """Random horizontal flip and exposure change (gamma, contrast, brightness), the same for every view of a
-    sample so that scales and crops stay consistent. Draws from torch's global RNG, which Lightning seeds."""
-
-    def __init__(self, *, flip_p: float = 0.5, gamma: float = 0.25, contrast: float = 0.15, brightness: float = 0.05):
-        self.flip_p, self.gamma, self.contrast, self.brightness = flip_p, gamma, contrast, brightness
-
-    def __call__(self, views: list[torch.Tensor]) -> tuple[list[torch.Tensor], bool]:
-        """Returns the changed views and whether they were flipped (mirrored measurements must follow)."""
-        flip = bool(torch.rand(()) < self.flip_p)
-        gamma = float(torch.empty(()).uniform_(-self.gamma, self.gamma).exp())
-        contrast = float(torch.empty(()).uniform_(1 - self.contrast, 1 + self.contrast))
-        shift = float(torch.empty(()).uniform_(-self.brightness, self.brightness))
-        out = []
-        for view in views:
-            view = view.flip(-1) if flip else view
-            view = view.clamp(0, 1).pow(gamma)
-            out.append(((view - 0.5) * contrast + 0.5 + shift).clamp(0, 1))
-        return out, flip
 
 
 class LengthDataset(Dataset):
@@ -81,6 +59,7 @@ class LengthDataset(Dataset):
         self.records = list(records)
         self.model_cfg = model_cfg
         self.augment = RandFlipAndExposure() if augment else None
+        self.shift_zoom = RandShiftZoom() if augment else None
         self._cache: list[dict] | None = None
         if cache:
             self._cache = [
@@ -96,7 +75,10 @@ class LengthDataset(Dataset):
             views = self._cache[index]
         else:
             views = prepare_views(read_image(self.records[index]["image"]), self.model_cfg)
-        flat = [v.float() for v in views["scales"]] + ([views["crops"].float()] if "crops" in views else [])
+        scales = [v.float() for v in views["scales"]]
+        if self.shift_zoom is not None:
+            scales = self.shift_zoom(scales)
+        flat = scales + ([views["crops"].float()] if "crops" in views else [])
         flipped = False
         if self.augment is not None:
             flat, flipped = self.augment(flat)
@@ -109,6 +91,9 @@ class LengthDataset(Dataset):
             if flipped:
                 geometry[3] = -geometry[3]  # a mirrored image tilts the other way
             item["geometry"] = geometry
+        if "profile" in views:
+            profile = views["profile"].float()
+            item["profile"] = profile.flip(0) if flipped else profile  # mirrored: left and right offsets swap
         return item
 
 

@@ -20,4 +20,5 @@ PIPELINE = Pipeline(
     bench_variants=bench_variants,
     bench_metrics=METRICS,
     extra_baselines=pixel_extent_baseline,
+    demo_size=3000,  # about 2000 training images: fewer overfit within the quick budget
 )
