@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +16,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from finescale.errors import FinescaleError
-from finescale.pipelines import PIPELINE_NAMES
+from finescale.pipelines import DEMO_TASKS, PIPELINE_NAMES
 from finescale.serialize import to_jsonable
 
 app = typer.Typer(
@@ -75,7 +77,7 @@ def bench(
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out")] = Path("runs/demo"),
-    tasks: Annotated[str, typer.Option("--tasks", help="comma-separated pipelines")] = ",".join(PIPELINE_NAMES),
+    tasks: Annotated[str, typer.Option("--tasks", help="comma-separated pipelines")] = ",".join(DEMO_TASKS),
     n: Annotated[
         int | None, typer.Option("--n", help="images per pipeline (default: the pipeline's demo size)")
     ] = None,
@@ -87,6 +89,80 @@ def demo(
 
     summary = run_demo(out, tasks=tasks.split(","), n=n, epochs=epochs, config_file=config)
     typer.echo(json.dumps(to_jsonable(summary), indent=1))
+
+
+hpo_app = typer.Typer(
+    help="Hyperparameter search with Optuna: `hpo <pipeline>` runs or resumes a study, `hpo analyze` reads one.",
+    no_args_is_help=True,
+)
+app.add_typer(hpo_app, name="hpo")
+
+
+@hpo_app.command("analyze")
+def hpo_analyze(
+    storage: Annotated[str, typer.Option("--storage", help="study database, e.g. sqlite:///runs/hpo/study.db")],
+    study_name: Annotated[
+        str | None, typer.Option("--study-name", help="needed when the database holds several")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="also write the analysis as JSON here")] = None,
+) -> None:
+    """Best trial, all finished trials and parameter importances of a stored study."""
+    from finescale.eval.hpo import analyze, markdown
+    from finescale.serialize import write_json
+
+    summary = analyze(storage, study_name)
+    if out is not None:
+        write_json(out, summary)
+    typer.echo(markdown(summary))
+
+
+def _hpo_command(name: str) -> Callable[..., None]:
+    def command(
+        out: Annotated[Path, typer.Option("--out", help="study folder (study.db, trials/, hpo.json, data/)")],
+        n_trials: Annotated[int, typer.Option("--n-trials", help="finished trials the study should hold")] = 20,
+        storage: Annotated[
+            str | None, typer.Option("--storage", help="database URL (default: sqlite:///OUT/study.db)")
+        ] = None,
+        study_name: Annotated[str | None, typer.Option("--study-name", help="default: <pipeline>-<preset>")] = None,
+        parallel: Annotated[int, typer.Option("--parallel", help="trial processes running at once")] = 1,
+        preset: Annotated[str, typer.Option("--preset")] = "quick",
+        data: Annotated[Path | None, typer.Option("--data", help="folder with train/val.json (default: synth)")] = None,
+        n: Annotated[int | None, typer.Option("--n", help="images to synthesise when --data is not given")] = None,
+        epochs: Annotated[int | None, typer.Option("--epochs", help="override the preset's epochs")] = None,
+        config: Annotated[
+            Path | None, typer.Option("--config", help="YAML merged over the preset for every trial")
+        ] = None,
+        seed: Annotated[int, typer.Option("--seed", help="sampler seed")] = 0,
+    ) -> None:
+        """Run (or resume) an Optuna study over the pipeline's search space, scored on the validation split."""
+        from finescale.eval.hpo import markdown, run_hpo
+        from finescale.pipelines import get_pipeline
+
+        summary = run_hpo(
+            get_pipeline(name),
+            importlib.import_module(f"finescale.pipelines.{name}.search"),
+            out,
+            n_trials=n_trials,
+            storage=storage,
+            study_name=study_name,
+            parallel=parallel,
+            preset=preset,
+            data_dir=data,
+            n=n,
+            overrides={"epochs": epochs} if epochs else None,
+            config_file=config,
+            seed=seed,
+        )
+        typer.echo(markdown(summary))
+
+    command.__doc__ = f"Hyperparameter search for the {name} pipeline (its search space: pipelines/{name}/search.py)."
+    return command
+
+
+def _add_hpo_commands() -> None:
+    for name in PIPELINE_NAMES:
+        if importlib.util.find_spec(f"finescale.pipelines.{name}.search") is not None:
+            hpo_app.command(name)(_hpo_command(name))
 
 
 def _add_pipeline_apps() -> None:
@@ -101,6 +177,7 @@ def main() -> None:
     )
     try:
         _add_pipeline_apps()
+        _add_hpo_commands()
         app()
     except FinescaleError as err:
         print(f"error: {err}", file=sys.stderr)

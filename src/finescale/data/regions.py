@@ -136,7 +136,11 @@ def axis_geometry(axis: ObjectAxis, shape: tuple[int, int]) -> np.ndarray:
 
 
 def axis_profiles(
-    image: np.ndarray, axis: ObjectAxis, *, samples: int = 256, offsets: tuple[float, ...] = (-0.45, -0.3, 0.0, 0.3, 0.45)
+    image: np.ndarray,
+    axis: ObjectAxis,
+    *,
+    samples: int = 256,
+    offsets: tuple[float, ...] = (-0.45, -0.3, 0.0, 0.3, 0.45),
 ) -> np.ndarray:
     """Intensity profiles along the object's axis at native resolution: (len(offsets), samples) float32.
 
@@ -156,7 +160,10 @@ def axis_profiles(
         xs = top[0] + direction[0] * t[None, :] + normal[0] * lateral
         ys = top[1] + direction[1] * t[None, :] + normal[1] * lateral
         values = cv2.remap(
-            image.astype(np.float32), xs.astype(np.float32), ys.astype(np.float32), cv2.INTER_LINEAR,
+            image.astype(np.float32),
+            xs.astype(np.float32),
+            ys.astype(np.float32),
+            cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_REPLICATE,
         )
         profiles.append(values.mean(axis=0))

@@ -18,11 +18,11 @@ class ProfileEncoder(nn.Module):
         channels = in_channels
         for i in range(depth):
             layers += [
-                nn.Conv1d(channels, width * 2**min(i, 2), 7, stride=2, padding=3, bias=False),
-                nn.BatchNorm1d(width * 2**min(i, 2)),
+                nn.Conv1d(channels, width * 2 ** min(i, 2), 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm1d(width * 2 ** min(i, 2)),
                 nn.GELU(),
             ]
-            channels = width * 2**min(i, 2)
+            channels = width * 2 ** min(i, 2)
         self.convs = nn.Sequential(*layers)
         self.proj = nn.Linear(2 * channels, out_dim)
         self.out_dim = out_dim

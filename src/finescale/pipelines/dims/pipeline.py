@@ -1,0 +1,21 @@
+"""The ``dims`` entry of the pipeline table."""
+
+from finescale.pipelines import Pipeline
+from finescale.pipelines.dims.bench import METRICS, bench_variants
+from finescale.pipelines.dims.config import DimsConfig
+from finescale.pipelines.dims.predict import DimsPredictor
+from finescale.pipelines.dims.task import dims_task
+from finescale.pipelines.dims.workflow import evaluate, train
+from finescale.synth.implants import generate_implants
+
+PIPELINE = Pipeline(
+    name="dims",
+    config_class=DimsConfig,
+    task_class=dims_task,  # type: ignore[arg-type]  # a factory: the checkpoint's stage picks the task class
+    predictor_class=DimsPredictor,
+    train=train,
+    evaluate=evaluate,
+    synth=generate_implants,
+    bench_variants=bench_variants,
+    bench_metrics=METRICS,
+)

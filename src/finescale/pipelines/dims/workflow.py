@@ -1,0 +1,200 @@
+"""The ``dims`` verbs as functions: train a classifier, train the regressor (training the two classifiers first when
+no checkpoints are given), evaluate a checkpoint of either kind (metrics, plots, report)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from finescale.engine.checkpoints import checkpoint_config, load_task, read_checkpoint, resolve_checkpoint
+from finescale.engine.run import METRICS, check_run_dir, fit, update_metrics
+from finescale.engine.trainer import BEST, LAST
+from finescale.engine.unfreeze import ProgressiveUnfreezing
+from finescale.errors import FinescaleError
+from finescale.eval import plots
+from finescale.eval.report import Figure, Section, write_report
+from finescale.pipelines.dims.config import TARGETS, DimsConfig
+from finescale.pipelines.dims.data import DimsDataModule, combination, load_records, read_vocabularies
+from finescale.pipelines.dims.predict import (
+    DimsPredictor,
+    classify_metrics,
+    collect_predictions,
+    regression_metrics,
+)
+from finescale.pipelines.dims.task import DimsClassifierTask, DimsRegressionTask
+
+log = logging.getLogger("finescale")
+TITLE = "finescale dims: implant length and diameter via company and model embeddings"
+EMBEDDERS = ("model.company_embedder", "model.model_embedder")
+
+
+def _updated(cfg: DimsConfig, **changes: Any) -> DimsConfig:
+    """A re-validated copy with top-level or nested (``data__companies``) fields changed."""
+    data = cfg.model_dump(mode="json")
+    for key, value in changes.items():
+        node = data
+        *parents, leaf = key.split("__")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return DimsConfig.model_validate(data)
+
+
+def _require_manifests(cfg: DimsConfig) -> None:
+    if cfg.train_json is None or cfg.val_json is None:
+        raise FinescaleError("give --train-json and --val-json (or set them in --config)")
+
+
+def classify(cfg: DimsConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train a company or model classifier into ``run_dir``; its label vocabulary (the training manifest's, unless
+    given) is stored in config.yaml and the checkpoint."""
+    _require_manifests(cfg)
+    run_dir = Path(run_dir)
+    target = cfg.classify.target
+    key = "companies" if target == "company" else "models"
+    labels = cfg.labels(target) or read_vocabularies(cfg.train_json)[key]
+    if not labels:
+        raise FinescaleError(f"the training manifest {cfg.train_json} names no {target}: nothing to classify")
+    cfg = _updated(cfg, stage="classify", **{f"data__{key}": labels})
+    summary = fit(
+        cfg,
+        run_dir,
+        build_task=lambda: DimsClassifierTask(cfg.model_dump(mode="json")),
+        datamodule=DimsDataModule(cfg),
+        resume=resume,
+    )
+    if (run_dir / "config.yaml").exists():
+        write_report(run_dir, title=f"finescale dims: {target} classifier")
+    return summary
+
+
+def ensure_classifier(cfg: DimsConfig, run_dir: Path, target: str) -> Path:
+    """best.ckpt of a ``target`` classifier trained in ``run_dir`` with ``cfg``'s data and trainer settings; a
+    finished one is reused, a crashed one resumed."""
+    if (run_dir / METRICS).exists() and (run_dir / BEST).exists():
+        return run_dir / BEST
+    log.info("no --%s-checkpoint given: training a %s classifier into %s", target, target, run_dir)
+    classify(_updated(cfg, stage="classify", classify__target=target), run_dir, resume=(run_dir / LAST).exists())
+    return run_dir / BEST
+
+
+def read_classifier(path: str | Path, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(``{"model": model section, "labels": [...]}``, classifier state dict) of a classifier checkpoint."""
+    ckpt = read_checkpoint(path)
+    config = DimsConfig.model_validate(checkpoint_config(ckpt))
+    if config.stage != "classify" or config.classify.target != target:
+        what = f"a {config.classify.target} classifier" if config.stage == "classify" else "a regressor"
+        raise FinescaleError(f"--{target}-checkpoint {path} holds {what}, not a {target} classifier")
+    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    return {"model": config.model.model_dump(mode="json"), "labels": config.labels(target)}, state
+
+
+def unfreezing(cfg: DimsConfig) -> ProgressiveUnfreezing:
+    """Head only until the first unfreeze epoch, then the listed fractions of the embedding models."""
+    reg = cfg.regress
+    if len(reg.unfreeze_epochs) != len(reg.unfreeze_fractions):
+        raise FinescaleError("--unfreeze-epochs and --unfreeze-fractions must have the same number of entries")
+    names = [*EMBEDDERS, "model.visual"] if reg.stage_visual else list(EMBEDDERS)
+    return ProgressiveUnfreezing(names, list(zip(reg.unfreeze_epochs, reg.unfreeze_fractions, strict=True)))
+
+
+def train(cfg: DimsConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+    """Train the length/diameter regressor into ``run_dir`` on top of the two classifiers."""
+    _require_manifests(cfg)
+    run_dir = Path(run_dir)
+    check_run_dir(run_dir, resume=resume)  # fail before spending time on the classifiers
+    callback = unfreezing(cfg)
+    paths = {
+        "company": cfg.regress.company_checkpoint or ensure_classifier(cfg, run_dir / "company", "company"),
+        "model": cfg.regress.model_checkpoint or ensure_classifier(cfg, run_dir / "model", "model"),
+    }
+    specs, states = {}, {}
+    for target in TARGETS:
+        specs[target], states[target] = read_classifier(paths[target], target)
+    cfg = _updated(
+        cfg,
+        stage="regress",
+        embedders=specs,
+        data__companies=specs["company"]["labels"],
+        data__models=specs["model"]["labels"],
+        regress__company_checkpoint=str(paths["company"]),
+        regress__model_checkpoint=str(paths["model"]),
+    )
+
+    def build_task() -> DimsRegressionTask:
+        task = DimsRegressionTask(cfg.model_dump(mode="json"))
+        task.model.load_embedders(states["company"], states["model"])
+        return task
+
+    datamodule = DimsDataModule(cfg)
+    summary = fit(cfg, run_dir, build_task=build_task, datamodule=datamodule, resume=resume, callbacks=[callback])
+    if (run_dir / "config.yaml").exists():
+        write_report(run_dir, title=TITLE)
+    return summary
+
+
+def training_combinations(path: str | Path | None) -> set[tuple[str, float, float]] | None:
+    """(model, length, diameter) combinations of the training manifest, or None when it is not at hand."""
+    if path is None or not Path(path).exists():
+        log.warning("training manifest %s not found: unseen-combination metrics are left out", path)
+        return None
+    return {combination(r) for r in load_records(path, check_images=False).records}
+
+
+def evaluate(
+    checkpoint: str | Path, manifest: str | Path, out: str | Path | None = None, *, train_json: str | Path | None = None
+) -> dict[str, Any]:
+    """Metrics of a dims checkpoint (regressor or classifier) on ``manifest``, merged into ``out`` (default: the
+    run's metrics.json), with plots and the report beside it. A regressor is also scored on the records whose
+    (model, length, diameter) combination is absent from ``train_json`` (default: the run's training manifest)."""
+    ckpt = resolve_checkpoint(checkpoint)
+    out = Path(out) if out else ckpt.parent / METRICS
+    predictor = DimsPredictor(load_task(ckpt))
+    cfg = predictor.cfg
+    plot_dir = out.parent / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.stage == "classify":
+        target = cfg.classify.target
+        data = load_records(manifest, target=target)
+        arrays = collect_predictions(predictor, data.records, batch_size=cfg.trainer.batch_size)
+        metrics = classify_metrics(arrays, target)
+        figures = [_confusion(arrays, target, cfg.labels(target), plot_dir)]
+    else:
+        data = load_records(manifest)
+        arrays = collect_predictions(predictor, data.records, batch_size=cfg.trainer.batch_size)
+        metrics = regression_metrics(arrays, data.records, training_combinations(train_json or cfg.train_json))
+        figures = regression_figures(arrays, plot_dir) + [_confusion(arrays, "model", cfg.data.models, plot_dir)]
+    metrics.update({f"eval_skipped_{k}": v for k, v in data.skipped.items()})
+    merged = update_metrics(out, metrics)
+    write_report(out.parent, title=TITLE, sections=[Section("Evaluation on " + Path(manifest).name, figures)])
+    return merged if out.name == METRICS else metrics
+
+
+def regression_figures(arrays: dict[str, np.ndarray], plot_dir: Path) -> list[Figure]:
+    figures = []
+    for name in ("length", "diameter"):
+        true, pred = arrays[f"true_{name}_mm"], arrays[f"{name}_mm"]
+        figures += [
+            Figure(
+                f"Predicted vs true {name}",
+                plots.plot_pred_vs_true(true, pred, plot_dir / f"{name}_pred_vs_true.png", title=name.capitalize()),
+            ),
+            Figure(
+                f"{name.capitalize()} error distribution",
+                plots.plot_error_histogram(pred - true, plot_dir / f"{name}_error_hist.png", title=f"{name} error"),
+            ),
+        ]
+    return figures
+
+
+def _confusion(arrays: dict[str, np.ndarray], target: str, labels: list[str], plot_dir: Path) -> Figure:
+    probs = arrays["probs"] if "probs" in arrays else arrays[f"{target}_probs"]
+    true = arrays[f"true_{target}"]
+    known = true >= 0
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(matrix, (true[known], probs.argmax(axis=1)[known]), 1)
+    path = plots.plot_confusion_matrix(matrix, labels, plot_dir / f"{target}_confusion.png", title=f"{target}")
+    return Figure(f"{target.capitalize()} confusion", path, "Rows: true, columns: predicted.")
