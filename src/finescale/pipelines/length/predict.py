@@ -26,9 +26,7 @@ class LengthPredictor:
     def predict(self, image: str | Path | np.ndarray) -> dict[str, Any]:
         array = read_image(image) if isinstance(image, str | Path) else np.asarray(image, dtype=np.float32)
         views = prepare_views(array, self.cfg.model)
-        batch = {"scales": [v[None] for v in views["scales"]]}
-        if "crops" in views:
-            batch["crops"] = views["crops"][None]
+        batch = {k: [t[None] for t in v] if isinstance(v, list) else v[None] for k, v in views.items()}
         record = self._records(self.model.predict(batch))[0]
         if isinstance(image, str | Path):
             record = {"image": str(image), **record}
