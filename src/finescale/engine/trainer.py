@@ -42,6 +42,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # our run directory holds config.yaml first
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
