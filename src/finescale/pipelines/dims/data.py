@@ -9,12 +9,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from rich.progress import track
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from finescale.data.datamodule import ManifestDataModule
 from finescale.data.images import read_image
 from finescale.data.manifest import FieldSpec, Manifest, load_manifest
 from finescale.data.transforms import RandFlipAndExposure, square_view
@@ -117,36 +117,12 @@ def make_dataset(cfg: DimsConfig, records: Sequence[dict], *, train: bool, cache
     )
 
 
-class DimsDataModule(L.LightningDataModule):
+class DimsDataModule(ManifestDataModule):
     """Train/val datasets of either stage; a classifier run validates only the records that carry its label."""
 
-    def __init__(self, cfg: DimsConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.manifests: dict[str, Manifest] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        if "train" in self.manifests:
-            return
+    def load_manifest(self, path: Path) -> Manifest:
         target = self.cfg.classify.target if self.cfg.stage == "classify" else None
-        self.manifests["train"] = load_records(self.cfg.train_json, target=target)
-        self.manifests["val"] = load_records(self.cfg.val_json, target=target)
-        self.train_set = make_dataset(self.cfg, self.manifests["train"].records, train=True)
-        self.val_set = make_dataset(self.cfg, self.manifests["val"].records, train=False)
+        return load_records(path, target=target)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def _loader(self, dataset: Dataset, *, shuffle: bool) -> DataLoader:
-        workers = self.cfg.trainer.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.trainer.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            drop_last=shuffle and len(dataset) > self.cfg.trainer.batch_size,
-        )
+    def make_dataset(self, records: Sequence[dict], *, train: bool) -> Dataset:
+        return make_dataset(self.cfg, records, train=train)

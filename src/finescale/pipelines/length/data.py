@@ -11,18 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from rich.progress import track
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from finescale.data.datamodule import ManifestDataModule
 from finescale.data.images import letterbox_square, read_image
 from finescale.data.manifest import FieldSpec, Manifest, load_manifest
 from finescale.data.regions import axis_geometry, axis_profiles, find_bright_axis, object_crops
 from finescale.data.transforms import RandFlipAndExposure, RandShiftZoom
 from finescale.data.transforms import resize_image as _resize
-from finescale.pipelines.length.config import LengthConfig, LengthModelConfig
+from finescale.pipelines.length.config import LengthModelConfig
 
 FIELDS = (FieldSpec("image", "image"), FieldSpec("length_mm", "float", low=0.5, high=100.0))
 
@@ -101,36 +101,10 @@ def _to_half(views: dict) -> dict:
     return {k: [t.half() for t in v] if isinstance(v, list) else v.half() for k, v in views.items()}
 
 
-class LengthDataModule(L.LightningDataModule):
-    def __init__(self, cfg: LengthConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.manifests: dict[str, Manifest] = {}
+class LengthDataModule(ManifestDataModule):
+    def load_manifest(self, path: Path) -> Manifest:
+        return load_records(path)
 
-    def setup(self, stage: str | None = None) -> None:
-        if "train" in self.manifests:
-            return
-        self.manifests["train"] = load_records(self.cfg.train_json)
-        self.manifests["val"] = load_records(self.cfg.val_json)
-        model_cfg, data_cfg = self.cfg.model, self.cfg.data
-        self.train_set = LengthDataset(
-            self.manifests["train"].records, model_cfg, augment=data_cfg.augment, cache=data_cfg.cache
-        )
-        self.val_set = LengthDataset(self.manifests["val"].records, model_cfg, augment=False, cache=data_cfg.cache)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def _loader(self, dataset: Dataset, *, shuffle: bool) -> DataLoader:
-        workers = self.cfg.trainer.num_workers
-        return DataLoader(
-            dataset,
-            batch_size=self.cfg.trainer.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            drop_last=shuffle and len(dataset) > self.cfg.trainer.batch_size,
-        )
+    def make_dataset(self, records: Sequence[dict], *, train: bool) -> Dataset:
+        data_cfg = self.cfg.data
+        return LengthDataset(records, self.cfg.model, augment=train and data_cfg.augment, cache=data_cfg.cache)
