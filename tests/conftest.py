@@ -33,6 +33,11 @@ TINY_LENGTH = [
 ]
 
 
+def length_train(train: Path, val: Path, out: Path, *extra: object) -> list:
+    """Arguments of a tiny ``finescale length train`` run."""
+    return ["length", "train", "--train-json", train, "--val-json", val, "--out", out, *TINY_LENGTH, *extra]
+
+
 def finescale(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run the real console entry point in a subprocess, as a user would."""
     cmd = [sys.executable, "-m", "finescale.cli", *map(str, args)]
@@ -56,15 +61,5 @@ def implants(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def length_run(implants: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A length run trained for one tiny epoch through the CLI."""
     run = tmp_path_factory.mktemp("length_run")
-    finescale(
-        "length",
-        "train",
-        "--train-json",
-        implants / "train.json",
-        "--val-json",
-        implants / "val.json",
-        "--out",
-        run,
-        *TINY_LENGTH,
-    )
+    finescale(*length_train(implants / "train.json", implants / "val.json", run))
     return run

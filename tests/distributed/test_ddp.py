@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import TINY_LENGTH, finescale
+from tests.conftest import finescale, length_train
 
 pytestmark = pytest.mark.distributed
 
@@ -16,21 +16,17 @@ pytestmark = pytest.mark.distributed
 def test_two_process_ddp_run(implants: Path, tmp_path: Path):
     run = tmp_path / "ddp"
     finescale(
-        "length",
-        "train",
-        "--train-json",
-        implants / "train.json",
-        "--val-json",
-        implants / "val.json",
-        "--out",
-        run,
-        *TINY_LENGTH,
-        "--devices",
-        "2",
-        "--strategy",
-        "ddp",
-        "--limit-train-batches",
-        "3",
+        *length_train(
+            implants / "train.json",
+            implants / "val.json",
+            run,
+            "--devices",
+            "2",
+            "--strategy",
+            "ddp",
+            "--limit-train-batches",
+            "3",
+        )
     )
     ckpt = torch.load(run / "best.ckpt", weights_only=True)
     # each process trains on its own half of the data (DistributedSampler), batches of 8, last partial one dropped

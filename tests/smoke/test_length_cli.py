@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tests.conftest import TINY_LENGTH, finescale
+from tests.conftest import finescale, length_train
 
 pytestmark = pytest.mark.slow
 
@@ -93,19 +93,7 @@ def write_mixed_manifest(implants: Path, out: Path) -> Path:
 def test_mixed_manifest_trains_and_counts_the_skipped(implants: Path, tmp_path: Path):
     mixed = write_mixed_manifest(implants, tmp_path / "data")
     run = tmp_path / "run"
-    finescale(
-        "length",
-        "train",
-        "--train-json",
-        mixed,
-        "--val-json",
-        implants / "val.json",
-        "--out",
-        run,
-        *TINY_LENGTH,
-        "--limit-train-batches",
-        "2",
-    )
+    finescale(*length_train(mixed, implants / "val.json", run, "--limit-train-batches", 2))
     metrics = json.loads((run / "metrics.json").read_text())
     for reason in ("empty_string", "not_a_number", "nan", "out_of_range", "missing_file", "unreadable_image"):
         assert metrics[f"train_skipped_{reason}"] == 1, reason
@@ -115,9 +103,7 @@ def test_mixed_manifest_trains_and_counts_the_skipped(implants: Path, tmp_path: 
 def test_all_bad_manifest_exits_with_one_line(implants: Path, tmp_path: Path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image": "nope.png", "length_mm": 10}, {"image": "x.png", "length_mm": "?"}]))
-    result = finescale(
-        "length", "train", "--train-json", bad, "--val-json", bad, "--out", tmp_path / "run", *TINY_LENGTH, check=False
-    )
+    result = finescale(*length_train(bad, bad, tmp_path / "run"), check=False)
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: no valid records in") and "Traceback" not in result.stderr
@@ -125,17 +111,7 @@ def test_all_bad_manifest_exits_with_one_line(implants: Path, tmp_path: Path):
 
 def test_bad_flag_value_is_a_one_line_error(implants: Path, tmp_path: Path):
     result = finescale(
-        "length",
-        "train",
-        "--train-json",
-        implants / "train.json",
-        "--val-json",
-        implants / "val.json",
-        "--out",
-        tmp_path / "r",
-        "--fusion",
-        "sum",
-        check=False,
+        *length_train(implants / "train.json", implants / "val.json", tmp_path / "r", "--fusion", "sum"), check=False
     )
     assert result.returncode == 2 and result.stderr.strip().startswith("error: invalid config value for model.fusion")
 
@@ -144,17 +120,7 @@ def test_same_seed_same_numbers(implants: Path, tmp_path: Path):
     scores = []
     for name in ("a", "b"):
         finescale(
-            "length",
-            "train",
-            "--train-json",
-            implants / "train.json",
-            "--val-json",
-            implants / "val.json",
-            "--out",
-            tmp_path / name,
-            *TINY_LENGTH,
-            "--limit-train-batches",
-            "2",
+            *length_train(implants / "train.json", implants / "val.json", tmp_path / name, "--limit-train-batches", 2)
         )
         scores.append(json.loads((tmp_path / name / "metrics.json").read_text())["best_val_length_mae_mm"])
     assert scores[0] == scores[1]

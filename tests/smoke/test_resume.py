@@ -10,28 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import TINY_LENGTH, finescale
+from tests.conftest import finescale, length_train
 
 pytestmark = pytest.mark.slow
 
 
 def test_killed_run_finishes_with_resume(implants: Path, tmp_path: Path):
     run = tmp_path / "run"
-    args = [
-        "length",
-        "train",
-        "--train-json",
-        implants / "train.json",
-        "--val-json",
-        implants / "val.json",
-        "--out",
-        run,
-        *TINY_LENGTH,
-        "--epochs",
-        "4",
-        "--batch-size",
-        "4",
-    ]
+    args = length_train(implants / "train.json", implants / "val.json", run, "--epochs", 4, "--batch-size", 4)
     proc = subprocess.Popen(
         [sys.executable, "-m", "finescale.cli", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
