@@ -119,7 +119,9 @@ def hpo_analyze(
 def _hpo_command(name: str) -> Callable[..., None]:
     def command(
         out: Annotated[Path, typer.Option("--out", help="study folder (study.db, trials/, hpo.json, data/)")],
-        n_trials: Annotated[int, typer.Option("--n-trials", help="finished trials the study should hold")] = 20,
+        n_trials: Annotated[
+            int, typer.Option("--n-trials", "--trials", help="finished trials the study should hold")
+        ] = 20,
         storage: Annotated[
             str | None, typer.Option("--storage", help="database URL (default: sqlite:///OUT/study.db)")
         ] = None,
