@@ -1,36 +1,70 @@
-"""``finescale hpo dims``: a tiny study that runs, resumes to more trials in two processes, and is analysed."""
+"""``finescale hpo dims`` as the issue checks it: a 4-trial study with two worker processes, killed (SIGKILL, the
+whole process group) after its first finished trial, run again with the same command, ends with 4 finished trials
+in the same storage; ``hpo analyze`` writes the trials table, best parameters and plots."""
 
 from __future__ import annotations
 
+import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import optuna
 import pytest
 from tests.conftest import finescale
 
 pytestmark = pytest.mark.slow
 
 TINY_YAML = """
-trainer: {epochs: 1, batch_size: 8, accelerator: cpu, progress: false, limit_train_batches: 1}
-model: {image_size: 64}
+trainer: {epochs: 2, batch_size: 8, accelerator: cpu, progress: false, limit_train_batches: 1}
+model: {image_size: 48}
 regress: {attention_dim: 16, head_dim: 16}
 """
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def test_hpo_runs_resumes_in_parallel_and_analyzes(implants: Path, tmp_path: Path):
+def _finished(storage: str) -> int:
+    try:
+        study = optuna.load_study(study_name="dims-quick", storage=storage)
+    except KeyError:  # the study is not created yet
+        return 0
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def test_hpo_killed_and_rerun_ends_with_all_trials_then_analyzes(implants: Path, tmp_path: Path):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_YAML)
     out = tmp_path / "hpo"
-    args = ["hpo", "dims", "--out", out, "--data", implants, "--config", config]
-    finescale(*args, "--n-trials", "1")
-    first = json.loads((out / "hpo.json").read_text())
-    assert first["n_complete"] == 1 and first["best_value"] > 0
-    assert set(first["best_params"]) >= {"embedding_dim", "attention_type", "embedding_source", "lr"}
-    # the same command with a larger budget continues the stored study: two more trials, one per process
-    finescale(*args, "--n-trials", "3", "--parallel", "2")
+    storage = f"sqlite:///{out / 'study.db'}"
+    args = ["hpo", "dims", "--out", out, "--data", implants, "--config", config, "--trials", "4", "--parallel", "2"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "finescale.cli", *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the kill reaches the spawned workers too
+    )
+    deadline = time.time() + 400
+    while proc.poll() is None and time.time() < deadline and _finished(storage) < 1:
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 1 <= _finished(storage) < 4, "the study should have been killed part-way"
+
+    finescale(*args)  # the same command continues the stored study
     summary = json.loads((out / "hpo.json").read_text())
-    assert summary["n_complete"] == 3 and len({t["run_dir"] for t in summary["trials"]}) == 3
-    assert Path(first["trials"][0]["run_dir"], "best.ckpt").exists()
-    result = finescale("hpo", "analyze", "--storage", f"sqlite:///{out / 'study.db'}", "--out", tmp_path / "a.json")
+    assert summary["n_complete"] + summary["n_pruned"] == 4
+    assert set(summary["best_params"]) >= {"embedding_dim", "attention_type", "embedding_source", "lr"}
+    assert Path(summary["best_run_dir"], "best.ckpt").exists()
+
+    analysis = tmp_path / "analysis"
+    result = finescale("hpo", "analyze", "--storage", storage, "--out", analysis)
     assert "best value" in result.stdout and "dims-quick" in result.stdout
-    assert json.loads((tmp_path / "a.json").read_text())["n_complete"] == 3
+    rows = list(csv.DictReader((analysis / "trials.csv").open()))
+    assert sum(r["state"] in ("complete", "pruned") for r in rows) == 4 and "attention_type" in rows[0]
+    assert json.loads((analysis / "best_params.json").read_text())["params"] == summary["best_params"]
+    assert (analysis / "optimization_history.png").stat().st_size > 1000
+    assert (analysis / "param_importances.png").stat().st_size > 1000

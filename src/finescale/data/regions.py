@@ -120,9 +120,16 @@ def object_crops(
         for c in (top + direction * inset, bottom - direction * inset)
     ]
     if whole:
-        centre = tuple((top + bottom) / 2)
-        crops.append(oriented_crop(image, centre, axis.angle, max(1.1 * axis.length, 1.25 * axis.width, 8.0), out))
+        crops.append(whole_object_crop(image, axis, out=out))
     return np.stack(crops)
+
+
+def whole_object_crop(image: np.ndarray, axis: ObjectAxis, *, out: int) -> np.ndarray:
+    """The whole object with a 10 % margin, rotated upright, resized to ``out`` x ``out``: (out, out) float32.
+    The frame is normalised to the object's length, so its pixel size no longer shows; only its shape does."""
+    centre = tuple((np.array(axis.top) + np.array(axis.bottom)) / 2)
+    side = max(1.1 * axis.length, 1.25 * axis.width, 8.0)
+    return oriented_crop(image.astype(np.float32), centre, axis.angle, side, out)
 
 
 def axis_geometry(axis: ObjectAxis, shape: tuple[int, int]) -> np.ndarray:

@@ -39,15 +39,17 @@ def run_variant(
     overrides: Mapping[str, Any],
     test_json: Path,
     config_file: Path | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Train and test one configuration in ``run_dir``; reuses a finished run and resumes a crashed one."""
+    """Train and test one configuration in ``run_dir``; reuses a finished run and resumes a crashed one.
+    ``callbacks`` are extra Lightning callbacks for the training (e.g. an HPO pruner)."""
     done = run_dir / TEST_METRICS
     if done.exists():
         return read_json(done)
     cfg = build_config(pipeline.config_class, preset=preset, config_file=config_file, overrides=overrides)
     resume = (run_dir / "last.ckpt").exists()
     start = time.perf_counter()
-    summary = pipeline.train(cfg, run_dir, resume=resume)
+    summary = pipeline.train(cfg, run_dir, resume=resume, callbacks=callbacks)
     seconds = time.perf_counter() - start
     metrics = pipeline.evaluate(run_dir / "best.ckpt", test_json, out=done)
     metrics = {**metrics, "train_seconds": summary.get("train_seconds", seconds)}
@@ -84,19 +86,13 @@ def run_bench(
     unknown = [v for v in chosen if v not in table]
     if unknown:
         raise FinescaleError(f"unknown bench variant(s) {', '.join(unknown)}; choose from: {', '.join(table)}")
+    shared = {seed: _shared_parts(pipeline, out, seed, data_dir, preset, overrides, config_file) for seed in seeds}
     rows = []
     for name in chosen:
         results = []
         for seed in seeds:
             log.info("bench %s: %s, seed %d", pipeline.name, name, seed)
-            run_overrides = {
-                **(overrides or {}),
-                **table[name],
-                "seed": seed,
-                "progress": False,
-                "train_json": str(data_dir / "train.json"),
-                "val_json": str(data_dir / "val.json"),
-            }
+            run_overrides = {**_seed_overrides(overrides, seed, data_dir), **shared[seed], **table[name]}
             run_dir = out / "runs" / name.replace("+", "plus_") / f"seed{seed}"
             results.append(
                 run_variant(
@@ -114,6 +110,37 @@ def run_bench(
         for name, metrics in pipeline.extra_baselines(data_dir / "train.json", data_dir / "test.json").items():
             rows.append(summarise(name, [], [metrics], pipeline.bench_metrics))
     return write_bench(out, pipeline, preset, rows)
+
+
+def _seed_overrides(overrides: Mapping[str, Any] | None, seed: int, data_dir: Path) -> dict[str, Any]:
+    return {
+        **(overrides or {}),
+        "seed": seed,
+        "progress": False,
+        "train_json": str(data_dir / "train.json"),
+        "val_json": str(data_dir / "val.json"),
+    }
+
+
+def _shared_parts(
+    pipeline: Pipeline,
+    out: Path,
+    seed: int,
+    data_dir: Path,
+    preset: str,
+    overrides: Mapping[str, Any] | None,
+    config_file: Path | None,
+) -> dict[str, Any]:
+    """Overrides pointing at what every variant of ``seed`` shares (see ``Pipeline.bench_shared``); {} if nothing."""
+    if pipeline.bench_shared is None:
+        return {}
+    cfg = build_config(
+        pipeline.config_class,
+        preset=preset,
+        config_file=config_file,
+        overrides=_seed_overrides(overrides, seed, data_dir),
+    )
+    return pipeline.bench_shared(cfg, out / "shared" / f"seed{seed}")
 
 
 def write_bench(out: Path, pipeline: Pipeline, preset: str, rows: list[dict]) -> dict[str, Any]:

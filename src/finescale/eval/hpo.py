@@ -16,12 +16,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import optuna
+from lightning.pytorch.callbacks import Callback
 from optuna.storages import RDBStorage, RetryFailedTrialCallback
 
 from finescale.errors import FinescaleError
 from finescale.eval.bench import ensure_data, run_variant
-from finescale.pipelines import Pipeline, get_pipeline
+from finescale.eval.hpo_report import analyze, write_analysis
+from finescale.pipelines import Pipeline, SearchSpace, get_pipeline
 from finescale.serialize import to_jsonable, write_json
 
 log = logging.getLogger("finescale")
@@ -35,9 +38,38 @@ def storage_for(url: str) -> RDBStorage:
     )
 
 
+class PruneOnPlateau(Callback):
+    """Reports the task's validation metric to the Optuna trial after each validation and stops training when the
+    study's pruner judges the trial hopeless; the objective then raises ``TrialPruned``.
+
+    Stopping through ``trainer.should_stop`` (rather than raising inside Lightning) lets the run end cleanly, so
+    its checkpoints and metrics stay readable."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+        self.pruned = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(pl_module.monitor)
+        if value is None:
+            return
+        self.trial.report(float(value), step=trainer.current_epoch)
+        if self.trial.should_prune():
+            log.info(
+                "trial %d pruned after epoch %d (%s = %.4f)",
+                self.trial.number,
+                trainer.current_epoch,
+                pl_module.monitor,
+                float(value),
+            )
+            self.pruned = True
+            trainer.should_stop = True
+
+
 def _objective(
     pipeline: Pipeline,
-    search: Any,
     out: Path,
     data_dir: Path,
     preset: str,
@@ -46,10 +78,11 @@ def _objective(
 ) -> Callable[[optuna.Trial], float]:
     from finescale.config import build_config
 
+    search = search_space(pipeline)
     base = build_config(pipeline.config_class, preset=preset, config_file=config_file, overrides=overrides)
 
     def objective(trial: optuna.Trial) -> float:
-        space = search.search_space(trial, base)
+        space = search.suggest(trial, base)
         run_dir = out / "trials" / params_key(trial.params)
         trial.set_user_attr("run_dir", str(run_dir))
         run_overrides = {
@@ -59,6 +92,7 @@ def _objective(
             "train_json": str(data_dir / "train.json"),
             "val_json": str(data_dir / "val.json"),
         }
+        pruner = PruneOnPlateau(trial)
         metrics = run_variant(
             pipeline,
             run_dir,
@@ -66,13 +100,22 @@ def _objective(
             overrides=run_overrides,
             test_json=data_dir / "val.json",
             config_file=config_file,
+            callbacks=[pruner],
         )
-        value = metrics.get(search.OBJECTIVE)
+        if pruner.pruned:
+            raise optuna.TrialPruned()
+        value = metrics.get(search.objective)
         if value is None:
-            raise FinescaleError(f"trial {trial.number} produced no {search.OBJECTIVE}")
+            raise FinescaleError(f"trial {trial.number} produced no {search.objective}")
         return float(value)
 
     return objective
+
+
+def search_space(pipeline: Pipeline) -> SearchSpace:
+    if pipeline.search is None:
+        raise FinescaleError(f"the {pipeline.name} pipeline defines no hyperparameter search space yet")
+    return pipeline.search
 
 
 def params_key(params: Mapping[str, Any]) -> str:
@@ -81,17 +124,19 @@ def params_key(params: Mapping[str, Any]) -> str:
     return "trial-" + hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _worker(name: str, search_module: str, study_name: str, url: str, n_trials: int, kwargs: dict) -> None:
-    import importlib
+def _worker(name: str, study_name: str, url: str, n_trials: int, kwargs: dict) -> None:
+    study = optuna.load_study(study_name=study_name, storage=storage_for(url), pruner=pruner())
+    study.optimize(_objective(get_pipeline(name), **kwargs), n_trials=n_trials, catch=(FinescaleError,))
 
-    pipeline, search = get_pipeline(name), importlib.import_module(search_module)
-    study = optuna.load_study(study_name=study_name, storage=storage_for(url))
-    study.optimize(_objective(pipeline, search, **kwargs), n_trials=n_trials, catch=(FinescaleError,))
+
+def pruner() -> optuna.pruners.BasePruner:
+    """Median rule: after two finished trials, stop a trial whose metric after an epoch is worse than the median
+    of earlier trials at that epoch (never in its first epoch, where everything is noisy)."""
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
 
 
 def run_hpo(
     pipeline: Pipeline,
-    search: Any,
     out: Path,
     *,
     n_trials: int,
@@ -115,8 +160,9 @@ def run_hpo(
     study = optuna.create_study(
         study_name=study_name,
         storage=storage_for(url),
-        direction=search.DIRECTION,
+        direction=search_space(pipeline).direction,
         sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=pruner(),
         load_if_exists=True,
     )
     remaining = max(0, n_trials - len(study.get_trials(states=FINISHED)))
@@ -134,14 +180,11 @@ def run_hpo(
     )
     if workers == 1:
         if remaining:
-            study.optimize(_objective(pipeline, search, **kwargs), n_trials=remaining, catch=(FinescaleError,))
+            study.optimize(_objective(pipeline, **kwargs), n_trials=remaining, catch=(FinescaleError,))
     else:
         # spawn: a fresh interpreter per worker, no forked torch or SQLite state
         ctx = mp.get_context("spawn")
-        procs = [
-            ctx.Process(target=_worker, args=(pipeline.name, search.__name__, study_name, url, share, kwargs))
-            for share in shares
-        ]
+        procs = [ctx.Process(target=_worker, args=(pipeline.name, study_name, url, share, kwargs)) for share in shares]
         for proc in procs:
             proc.start()
         for proc in procs:
@@ -151,59 +194,5 @@ def run_hpo(
             raise FinescaleError(f"{len(failed)} hpo worker process(es) failed (exit codes {failed})")
     summary = analyze(url, study_name)
     write_json(out / "hpo.json", summary)
+    write_analysis(summary, out / "analysis")
     return summary
-
-
-def analyze(storage: str, study_name: str | None = None) -> dict[str, Any]:
-    """Best trial, every finished trial's parameters and value, and parameter importances of a stored study."""
-    names = optuna.get_all_study_names(storage=storage)
-    if not names:
-        raise FinescaleError(f"no study in {storage}")
-    if study_name is None:
-        if len(names) > 1:
-            raise FinescaleError(f"{storage} holds several studies; pick one with --study-name: {', '.join(names)}")
-        study_name = names[0]
-    elif study_name not in names:
-        raise FinescaleError(f"no study {study_name!r} in {storage}; it holds: {', '.join(names)}")
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
-    summary: dict[str, Any] = {
-        "study": study_name,
-        "direction": study.direction.name.lower(),
-        "n_complete": len(done),
-        "n_failed": len(study.get_trials(states=(optuna.trial.TrialState.FAIL,))),
-        "trials": [
-            {"number": t.number, "value": t.value, "params": t.params, "run_dir": t.user_attrs.get("run_dir")}
-            for t in done
-        ],
-    }
-    if done:
-        best = study.best_trial
-        summary.update(best_value=best.value, best_params=best.params, best_run_dir=best.user_attrs.get("run_dir"))
-        summary["importances"] = _importances(study) if len(done) >= 2 else {}
-    return summary
-
-
-def _importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances when scikit-learn is there, else PED-ANOVA (no extra dependency); {} if neither works."""
-    for evaluator in (optuna.importance.FanovaImportanceEvaluator, optuna.importance.PedAnovaImportanceEvaluator):
-        try:
-            values = optuna.importance.get_param_importances(study, evaluator=evaluator())
-            return {k: round(float(v), 4) for k, v in values.items()}
-        except Exception as err:  # missing optional dependency, or too few distinct trials
-            log.debug("importance with %s failed: %s", evaluator.__name__, err)
-    return {}
-
-
-def markdown(summary: Mapping[str, Any]) -> str:
-    """A short table of the study for the console."""
-    lines = [
-        f"study {summary['study']} ({summary['direction']}): {summary['n_complete']} complete, "
-        f"{summary['n_failed']} failed"
-    ]
-    if summary.get("best_params") is not None:
-        lines.append(f"best value {summary['best_value']:.4f} in {summary.get('best_run_dir')}")
-        lines += [f"  {k} = {v}" for k, v in summary["best_params"].items()]
-    if summary.get("importances"):
-        lines.append("importances: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["importances"].items()))
-    return "\n".join(lines)

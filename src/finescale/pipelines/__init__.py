@@ -17,6 +17,16 @@ DEMO_TASKS: tuple[str, ...] = ("length",)
 
 
 @dataclass(frozen=True)
+class SearchSpace:
+    """What ``finescale hpo <pipeline>`` searches: ``suggest(trial, cfg)`` returns config overrides for one Optuna
+    trial (ranges may depend on the preset's ``cfg``); ``objective`` is a validation metric key."""
+
+    suggest: Callable[..., dict[str, Any]]  # (optuna.Trial, config) -> {config field: value}
+    objective: str
+    direction: str = "minimize"
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """What the shared CLI, bench, demo and checkpoint loader need to know about one pipeline."""
 
@@ -24,13 +34,16 @@ class Pipeline:
     config_class: type
     task_class: type
     predictor_class: type
-    train: Callable[..., Any]  # (cfg, run_dir, resume) -> run summary dict
+    train: Callable[..., Any]  # (cfg, run_dir, *, resume, callbacks) -> run summary dict
     evaluate: Callable[..., Any]  # (checkpoint, manifest, out) -> metrics dict
     synth: Callable[..., Any]  # (out, n, seed) -> summary; writes out/{train,val,test}.json
     bench_variants: Callable[..., Any]  # (cfg) -> {variant name: config overrides}
     bench_metrics: tuple[str, ...]  # metric keys that bench reports; the first one ranks the variants
     demo_size: int = 1000  # images the demo and the bench synthesise
     extra_baselines: Callable[..., Any] | None = field(default=None)  # (train_json, test_json) -> {name: metrics}
+    # (seed's config, folder) -> overrides: parts that every bench variant of one seed shares, trained once there
+    bench_shared: Callable[..., dict[str, Any]] | None = None
+    search: SearchSpace | None = None  # the hyperparameter search space of `finescale hpo <name>`
 
 
 def get_pipeline(name: str) -> Pipeline:

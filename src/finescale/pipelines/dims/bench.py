@@ -1,28 +1,56 @@
-"""Bench variants of the ``dims`` pipeline (config overrides): the image-only baseline, each attention type and
-embedding source, unfreezing switched off, and the seed's recipe (triple attention, soft embeddings, staged
-unfreezing, embedding models at a tenth of the learning rate)."""
+"""Bench of the ``dims`` pipeline: the image-only regressor, each embedding alone, both embeddings under each attention
+type, the recipe without progressive unfreezing and with the other embedding sources. Every variant of one seed
+reuses the same two classifiers (trained once per seed by :func:`bench_shared`), so rows differ only in the regressor.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from finescale.pipelines.dims.config import DimsConfig
 
-METRICS = ("avg_mae_mm", "length_mae_mm", "diameter_mae_mm", "unseen_length_mae_mm", "unseen_diameter_mae_mm")
+METRICS = (
+    "avg_mae_mm",
+    "length_mae_mm",
+    "diameter_mae_mm",
+    "unseen_avg_mae_mm",
+    "unseen_length_mae_mm",
+    "unseen_diameter_mae_mm",
+    "model_accuracy",
+)
 
 
 def bench_variants(cfg: DimsConfig) -> dict[str, dict[str, Any]]:
     reg = cfg.regress
     recipe = {
-        "attention_type": "triple",
-        "embedding_source": "soft",
+        "attention_type": reg.attention_type,
+        "embedding_source": reg.embedding_source,
+        "use_company": True,
+        "use_model": True,
         "unfreeze_epochs": reg.unfreeze_epochs,
         "unfreeze_fractions": reg.unfreeze_fractions,
         "embedding_lr_mult": reg.embedding_lr_mult,
     }
-    variants: dict[str, dict[str, Any]] = {"baseline": {**recipe, "embedding_source": "none", "aux_classify_weight": 0}}
-    variants.update({f"attention-{a}": {**recipe, "attention_type": a} for a in ("dual", "hierarchical")})
-    variants.update({f"source-{s}": {**recipe, "embedding_source": s} for s in ("hard", "features")})
+    variants: dict[str, dict[str, Any]] = {
+        "baseline": {**recipe, "embedding_source": "none", "aux_classify_weight": 0},
+        "+company": {**recipe, "use_model": False},
+        "+model": {**recipe, "use_company": False},
+    }
+    others = [a for a in ("dual", "triple", "hierarchical") if a != reg.attention_type]  # the recipe has the default
+    variants.update({f"attention-{a}": {**recipe, "attention_type": a} for a in others})
     variants["no-unfreezing"] = {**recipe, "unfreeze_epochs": [0], "unfreeze_fractions": [1.0]}
+    variants.update({f"source-{s}": {**recipe, "embedding_source": s} for s in ("hard", "features")})
     variants["recipe"] = recipe
     return variants
+
+
+def bench_shared(cfg: DimsConfig, out: Path) -> dict[str, Any]:
+    """Train (or reuse) the company and model classifiers of one bench seed in ``out``; the overrides that make
+    every variant of that seed start from them."""
+    from finescale.pipelines.dims.workflow import ensure_classifier
+
+    return {
+        "company_checkpoint": str(ensure_classifier(cfg, Path(out) / "company", "company")),
+        "model_checkpoint": str(ensure_classifier(cfg, Path(out) / "model", "model")),
+    }

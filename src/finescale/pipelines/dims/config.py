@@ -25,7 +25,12 @@ class DimsModelConfig(Section):
     backbone: str = Field("test_resnet", description="timm model name (ViT-B in full, a tiny CNN in quick)")
     pretrained: bool = Field(False, description="load timm's pretrained weights (needs them cached locally)")
     weights: str | None = Field(None, description="state-dict file to load into the backbone")
-    image_size: int = Field(128, ge=32, description="square input resolution (the image is padded, then resized)")
+    image_size: int = Field(128, ge=32, description="square input resolution of the view")
+    view: Literal["implant", "image"] = Field(
+        "implant",
+        description="implant: the implant found in the radiograph, upright and filling the frame; image: the whole "
+        "radiograph padded to a square (the seed's input)",
+    )
     embedding_dim: int = Field(128, ge=4, description="classifier embedding width (penultimate layer): 128|256|512")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout before classifier and regression outputs (MC dropout)")
 
@@ -51,6 +56,8 @@ class DimsRegressConfig(Section):
         description="soft: class embeddings weighted by the classifier's probabilities; hard: the arg-max class's "
         "embedding; features: the classifier's penultimate features; none: image only (ablation)",
     )
+    use_company: bool = Field(True, description="feed the company embedding (off: zeros, an ablation)")
+    use_model: bool = Field(True, description="feed the model embedding (off: zeros, an ablation)")
     embedding_lr_mult: float = Field(0.1, ge=0, description="learning rate of the embedding models / base lr")
     unfreeze_epochs: list[int] = Field(
         [1, 2], description="epochs at which 50%, then all, of the embedding models unfreeze (head only before)"
@@ -65,6 +72,12 @@ class DimsRegressConfig(Section):
     )
     target_center: list[float] = Field([11.0, 4.5], description="length, diameter (mm) mapped to 0 for the head")
     target_scale: list[float] = Field([5.0, 1.5], description="length, diameter (mm) mapped to 1 for the head")
+    snap: bool = Field(
+        True, description="move predicted sizes to the nearest catalogue sizes of the likely models (see catalogue.py)"
+    )
+    snap_sigma: list[float] = Field(
+        [0.5, 0.2], description="length, diameter error (mm) the snapping assumes for the regressor"
+    )
     mc_samples: int = Field(16, ge=0, description="MC-dropout passes at predict time for the uncertainty; 0 = off")
 
     @field_validator("unfreeze_fractions")
@@ -74,7 +87,7 @@ class DimsRegressConfig(Section):
             raise ValueError("fractions must lie in [0, 1]")
         return value
 
-    @field_validator("target_center", "target_scale")
+    @field_validator("target_center", "target_scale", "snap_sigma")
     @classmethod
     def _pair(cls, value: list[float]) -> list[float]:
         if len(value) != 2:
@@ -125,6 +138,9 @@ class DimsConfig(RunConfig):
     data: DimsDataConfig = Field(default_factory=DimsDataConfig)
     embedders: dict[str, dict[str, Any]] = Field(
         {}, description="set by the workflow: the company/model classifiers' model section and labels"
+    )
+    catalogue: dict[str, dict[str, list[float]]] = Field(
+        {}, description="set by the workflow: per model, the lengths and diameters (mm) of the training manifest"
     )
 
     def labels(self, target: str) -> list[str]:

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from finescale.data.datamodule import ManifestDataModule
 from finescale.data.images import read_image
 from finescale.data.manifest import FieldSpec, Manifest, load_manifest
+from finescale.data.regions import find_bright_axis, whole_object_crop
 from finescale.data.transforms import RandFlipAndExposure, square_view
 from finescale.pipelines.dims.config import DimsConfig
 
@@ -55,8 +56,12 @@ def combination(record: dict) -> tuple[str, float, float]:
     return str(record.get("model", "")), round(float(record["length_mm"]), 2), round(float(record["diameter_mm"]), 2)
 
 
-def prepare_image(image: np.ndarray, size: int) -> torch.Tensor:
-    """The deterministic front for one grey image (H, W) in [0, 1]: (1, size, size) float32."""
+def prepare_image(image: np.ndarray, size: int, view: str = "implant") -> torch.Tensor:
+    """The deterministic front for one grey image (H, W) in [0, 1]: (1, size, size) float32. ``implant``: the
+    implant found in the image, upright, filling the frame (threads, collar and apex at full detail); ``image``: the
+    whole radiograph padded to a square (the seed's input)."""
+    if view == "implant":
+        return torch.from_numpy(whole_object_crop(image, find_bright_axis(image), out=size))[None]
     return torch.from_numpy(square_view(image, size))[None]
 
 
@@ -68,6 +73,7 @@ class DimsDataset(Dataset):
         records: Sequence[dict],
         *,
         image_size: int,
+        view: str,
         companies: Sequence[str],
         models: Sequence[str],
         augment: bool,
@@ -75,13 +81,14 @@ class DimsDataset(Dataset):
     ) -> None:
         self.records = list(records)
         self.image_size = image_size
+        self.view = view
         self.company_index = {name: i for i, name in enumerate(companies)}
         self.model_index = {name: i for i, name in enumerate(models)}
         self.augment = RandFlipAndExposure() if augment else None
         self._cache: list[torch.Tensor] | None = None
         if cache:
             self._cache = [
-                prepare_image(read_image(r["image"]), image_size).half()
+                prepare_image(read_image(r["image"]), image_size, view).half()
                 for r in track(self.records, description="preparing images", transient=True)
             ]
 
@@ -93,7 +100,7 @@ class DimsDataset(Dataset):
         if self._cache is not None:
             image = self._cache[index].float()
         else:
-            image = prepare_image(read_image(record["image"]), self.image_size)
+            image = prepare_image(read_image(record["image"]), self.image_size, self.view)
         if self.augment is not None:
             (image,), _ = self.augment([image])
         return {
@@ -110,6 +117,7 @@ def make_dataset(cfg: DimsConfig, records: Sequence[dict], *, train: bool, cache
     return DimsDataset(
         records,
         image_size=cfg.model.image_size,
+        view=cfg.model.view,
         companies=cfg.data.companies,
         models=cfg.data.models,
         augment=train and cfg.data.augment,

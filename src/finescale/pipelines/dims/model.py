@@ -120,6 +120,8 @@ class DimsRegressor(nn.Module):
         model_embedder: ImplantClassifier,
         attention: nn.Module,
         embedding_source: str,
+        use_company: bool = True,
+        use_model: bool = True,
         head_dim: int,
         dropout: float,
         target_center: Sequence[float],
@@ -135,6 +137,11 @@ class DimsRegressor(nn.Module):
             nn.Linear(attention.out_dim, head_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(head_dim, 2)
         )
         self.embedding_source = embedding_source
+        # an unused embedding enters as zeros (the "none" source), so every variant keeps one architecture
+        self.sources = {
+            "company": embedding_source if use_company else "none",
+            "model": embedding_source if use_model else "none",
+        }
         self.aux_classify_weight = aux_classify_weight
         self.register_buffer("center", torch.tensor(list(target_center), dtype=torch.float32), persistent=False)
         self.register_buffer("scale", torch.tensor(list(target_scale), dtype=torch.float32), persistent=False)
@@ -167,6 +174,8 @@ class DimsRegressor(nn.Module):
             model_embedder=embedders["model"],
             attention=attention,
             embedding_source=reg.embedding_source,
+            use_company=reg.use_company,
+            use_model=reg.use_model,
             head_dim=reg.head_dim,
             dropout=cfg.model.dropout,
             target_center=reg.target_center,
@@ -185,8 +194,8 @@ class DimsRegressor(nn.Module):
         model = self.model_embedder(images)
         fused, weights = self.attention(
             self.visual(images),
-            class_embedding(self.company_embedder, company, self.embedding_source),
-            class_embedding(self.model_embedder, model, self.embedding_source),
+            class_embedding(self.company_embedder, company, self.sources["company"]),
+            class_embedding(self.model_embedder, model, self.sources["model"]),
         )
         return {
             "regression": self.head(fused),

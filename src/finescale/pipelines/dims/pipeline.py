@@ -1,9 +1,10 @@
 """The ``dims`` entry of the pipeline table."""
 
 from finescale.pipelines import Pipeline
-from finescale.pipelines.dims.bench import METRICS, bench_variants
+from finescale.pipelines.dims.bench import METRICS, bench_shared, bench_variants
 from finescale.pipelines.dims.config import DimsConfig
 from finescale.pipelines.dims.predict import DimsPredictor
+from finescale.pipelines.dims.search import SEARCH
 from finescale.pipelines.dims.task import dims_task
 from finescale.pipelines.dims.workflow import evaluate, train
 from finescale.synth.implants import generate_implants
@@ -18,4 +19,6 @@ PIPELINE = Pipeline(
     synth=generate_implants,
     bench_variants=bench_variants,
     bench_metrics=METRICS,
+    bench_shared=bench_shared,
+    search=SEARCH,
 )

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from finescale.data.images import read_image
 from finescale.eval.uncertainty import mc_dropout
+from finescale.pipelines.dims.catalogue import snap_to_catalogue
 from finescale.pipelines.dims.data import combination, make_dataset, prepare_image
 
 WEIGHT_NAMES = {"dual": ("company", "model"), "triple": ("visual", "company", "model")}
@@ -37,7 +38,23 @@ class DimsPredictor:
 
     def batch(self, image: str | Path | np.ndarray) -> dict[str, torch.Tensor]:
         array = read_image(image) if isinstance(image, str | Path) else np.asarray(image, dtype=np.float32)
-        return {"image": prepare_image(array, self.cfg.model.image_size)[None]}
+        return {"image": prepare_image(array, self.cfg.model.image_size, self.cfg.model.view)[None]}
+
+    def snap(self, arrays: dict[str, np.ndarray], *, force: bool = False) -> dict[str, np.ndarray]:
+        """``arrays`` with ``length_mm``/``diameter_mm`` snapped to the catalogue sizes of the likely models (when
+        the config's ``snap`` is on, or ``force``), the regressed values kept as ``raw_length_mm``/``raw_...``."""
+        if not (self.cfg.regress.snap or force) or not self.cfg.catalogue:
+            return arrays
+        length, diameter = snap_to_catalogue(
+            arrays["length_mm"],
+            arrays["diameter_mm"],
+            arrays["model_probs"],
+            self.cfg.data.models,
+            self.cfg.catalogue,
+            self.cfg.regress.snap_sigma,
+        )
+        raw = {"raw_length_mm": arrays["length_mm"], "raw_diameter_mm": arrays["diameter_mm"]}
+        return {**arrays, **raw, "length_mm": length, "diameter_mm": diameter}
 
     def predict(self, image: str | Path | np.ndarray) -> dict[str, Any]:
         batch = self.batch(image)
@@ -69,6 +86,7 @@ class DimsPredictor:
             spread = {k: runs[k].std(dim=0) for k in ("length_mm", "diameter_mm")}
         else:
             pred, spread = self.model.predict(batch), None
+        sizes = self.snap({k: pred[k].numpy() for k in ("length_mm", "diameter_mm", "model_probs")})
         companies, models = self.cfg.data.companies, self.cfg.data.models
         names = WEIGHT_NAMES[self.cfg.regress.attention_type]
         out = []
@@ -76,8 +94,9 @@ class DimsPredictor:
             cp, mp = pred["company_probs"][i], pred["model_probs"][i]
             out.append(
                 {
-                    "length_mm": round(float(pred["length_mm"][i]), 3),
-                    "diameter_mm": round(float(pred["diameter_mm"][i]), 3),
+                    "length_mm": round(float(sizes["length_mm"][i]), 3),
+                    "diameter_mm": round(float(sizes["diameter_mm"][i]), 3),
+                    **{k: round(float(sizes[k][i]), 3) for k in ("raw_length_mm", "raw_diameter_mm") if k in sizes},
                     "company": companies[int(cp.argmax())],
                     "company_probability": round(float(cp.max()), 4),
                     "model": models[int(mp.argmax())],
@@ -136,6 +155,8 @@ def regression_metrics(
         metrics["unseen_n"] = int(unseen.sum())
         metrics["unseen_length_mae_mm"] = float(length_err[unseen].mean()) if unseen.any() else None
         metrics["unseen_diameter_mae_mm"] = float(diameter_err[unseen].mean()) if unseen.any() else None
+        both = (length_err[unseen].mean() + diameter_err[unseen].mean()) / 2 if unseen.any() else None
+        metrics["unseen_avg_mae_mm"] = float(both) if both is not None else None
     return metrics
 
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from finescale.pipelines import SearchSpace
 from finescale.pipelines.dims.config import DimsConfig
-
-OBJECTIVE = "avg_mae_mm"
-DIRECTION = "minimize"
 
 
 def search_space(trial: Any, cfg: DimsConfig) -> dict[str, Any]:
@@ -26,3 +24,6 @@ def search_space(trial: Any, cfg: DimsConfig) -> dict[str, Any]:
         "unfreeze_epochs": [start, full],
         "unfreeze_fractions": [0.5, 1.0],
     }
+
+
+SEARCH = SearchSpace(suggest=search_space, objective="avg_mae_mm", direction="minimize")

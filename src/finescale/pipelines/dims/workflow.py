@@ -4,10 +4,12 @@ no checkpoints are given), evaluate a checkpoint of either kind (metrics, plots,
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 
 from finescale.engine.checkpoints import checkpoint_config, load_task, read_checkpoint, resolve_checkpoint
 from finescale.engine.run import METRICS, check_run_dir, fit, update_metrics
@@ -16,6 +18,7 @@ from finescale.engine.unfreeze import ProgressiveUnfreezing
 from finescale.errors import FinescaleError
 from finescale.eval import plots
 from finescale.eval.report import Figure, Section, write_report
+from finescale.pipelines.dims.catalogue import read_catalogue
 from finescale.pipelines.dims.config import TARGETS, DimsConfig
 from finescale.pipelines.dims.data import DimsDataModule, combination, load_records, read_vocabularies
 from finescale.pipelines.dims.predict import (
@@ -101,8 +104,11 @@ def unfreezing(cfg: DimsConfig) -> ProgressiveUnfreezing:
     return ProgressiveUnfreezing(names, list(zip(reg.unfreeze_epochs, reg.unfreeze_fractions, strict=True)))
 
 
-def train(cfg: DimsConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
-    """Train the length/diameter regressor into ``run_dir`` on top of the two classifiers."""
+def train(
+    cfg: DimsConfig, run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] = ()
+) -> dict[str, Any]:
+    """Train the length/diameter regressor into ``run_dir`` on top of the two classifiers; ``callbacks`` (e.g. an
+    HPO pruner) join the regressor's training only."""
     _require_manifests(cfg)
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # fail before spending time on the classifiers
@@ -120,6 +126,7 @@ def train(cfg: DimsConfig, run_dir: Path, *, resume: bool = False) -> dict[str, 
         embedders=specs,
         data__companies=specs["company"]["labels"],
         data__models=specs["model"]["labels"],
+        catalogue=read_catalogue(load_records(cfg.train_json, check_images=False).records),
         regress__company_checkpoint=str(paths["company"]),
         regress__model_checkpoint=str(paths["model"]),
     )
@@ -130,7 +137,9 @@ def train(cfg: DimsConfig, run_dir: Path, *, resume: bool = False) -> dict[str, 
         return task
 
     datamodule = DimsDataModule(cfg)
-    summary = fit(cfg, run_dir, build_task=build_task, datamodule=datamodule, resume=resume, callbacks=[callback])
+    summary = fit(
+        cfg, run_dir, build_task=build_task, datamodule=datamodule, resume=resume, callbacks=[callback, *callbacks]
+    )
     if (run_dir / "config.yaml").exists():
         write_report(run_dir, title=TITLE)
     return summary
@@ -165,7 +174,12 @@ def evaluate(
     else:
         data = load_records(manifest)
         arrays = collect_predictions(predictor, data.records, batch_size=cfg.trainer.batch_size)
-        metrics = regression_metrics(arrays, data.records, training_combinations(train_json or cfg.train_json))
+        seen = training_combinations(train_json or cfg.train_json)
+        metrics = regression_metrics(predictor.snap(arrays), data.records, seen)
+        if cfg.regress.snap and cfg.catalogue:  # the regressor alone, to show what snapping adds
+            raw = regression_metrics(arrays, data.records, seen)
+            metrics.update({f"raw_{k}": v for k, v in raw.items() if k.endswith("mae_mm")})
+        arrays = predictor.snap(arrays)
         figures = regression_figures(arrays, plot_dir) + [_confusion(arrays, "model", cfg.data.models, plot_dir)]
     metrics.update({f"eval_skipped_{k}": v for k, v in data.skipped.items()})
     merged = update_metrics(out, metrics)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.callbacks import Callback
 
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
 from finescale.engine.run import METRICS, fit, update_metrics
@@ -19,13 +21,16 @@ from finescale.pipelines.length.task import LengthTask
 TITLE = "finescale length: implant length from a radiograph"
 
 
-def train(cfg: LengthConfig, run_dir: Path, *, resume: bool = False) -> dict[str, Any]:
+def train(
+    cfg: LengthConfig, run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] = ()
+) -> dict[str, Any]:
     summary = fit(
         cfg,
         run_dir,
         build_task=lambda: LengthTask(cfg.model_dump(mode="json")),
         datamodule=LengthDataModule(cfg),
         resume=resume,
+        callbacks=callbacks,
     )
     if (run_dir / "config.yaml").exists():
         write_report(run_dir, title=TITLE)
