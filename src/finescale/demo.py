@@ -9,10 +9,33 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from finescale.eval.bench import ensure_data, run_variant
 from finescale.eval.report import write_index
-from finescale.pipelines import get_pipeline
+from finescale.pipelines import PIPELINE_NAMES, get_pipeline
 from finescale.serialize import write_json
+
+SIZES = ("n", "train_seconds")
+
+
+def _key(pipeline: str, metric: str) -> str:
+    """Flat metrics.json key: prefixed by the pipeline (dims_length_mae_mm) unless it already names it."""
+    return metric if metric.startswith(pipeline) else f"{pipeline}_{metric}"
+
+
+def _section_file(config_file: Path | None, pipeline: str, folder: Path) -> Path | None:
+    """The YAML to merge over ``pipeline``'s quick preset. A demo config may hold one section per pipeline
+    (``length: {...}``, ``dims: {...}``); then that section is written to ``folder/<pipeline>.yaml``."""
+    if config_file is None:
+        return None
+    content = yaml.safe_load(Path(config_file).read_text()) or {}
+    if not (isinstance(content, dict) and content and set(content) <= set(PIPELINE_NAMES)):
+        return config_file  # a plain config: the same for every pipeline
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{pipeline}.yaml"
+    path.write_text(yaml.safe_dump(content.get(pipeline) or {}, sort_keys=False))
+    return path
 
 
 def run_demo(
@@ -43,13 +66,13 @@ def run_demo(
             preset="quick",
             overrides=overrides,
             test_json=data_dir / "test.json",
-            config_file=config_file,
+            config_file=_section_file(config_file, pipeline.name, out / "configs"),
         )
         runs[pipeline.name] = run_dir
         per_task[pipeline.name] = {
             k: metrics[k] for k in (*pipeline.bench_metrics, "n", "train_seconds") if k in metrics
         }
-        summary.update({k: v for k, v in per_task[pipeline.name].items() if k not in ("n", "train_seconds")})
+        summary.update({_key(pipeline.name, k): v for k, v in per_task[pipeline.name].items() if k not in SIZES})
         summary[f"{pipeline.name}_n_test"] = metrics.get("n")
         summary[f"{pipeline.name}_train_seconds"] = metrics.get("train_seconds")
     summary["demo_seconds"] = round(time.perf_counter() - start, 1)

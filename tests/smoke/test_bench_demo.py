@@ -52,12 +52,25 @@ def test_bench_writes_the_table_and_resumes(implants: Path, tmp_path: Path):
     assert (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime == stamp
 
 
+DEMO_YAML = """
+length:
+  trainer: {epochs: 1, batch_size: 8, accelerator: cpu, progress: false, limit_train_batches: 2}
+  model: {scales: [32, 48], crop_size: 32, fusion_dim: 32}
+dims:
+  trainer: {epochs: 1, batch_size: 8, accelerator: cpu, progress: false, limit_train_batches: 2}
+  model: {image_size: 48}
+  regress: {attention_dim: 16, head_dim: 16, mc_samples: 2}
+"""
+
+
 def test_demo_writes_report_and_metrics(tmp_path: Path):
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY_YAML)
+    config.write_text(DEMO_YAML)
     out = tmp_path / "demo"
-    finescale("demo", "--out", out, "--n", "30", "--config", config)
+    finescale("demo", "--out", out, "--n", "30", "--config", config, "--tasks", "length,dims")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["length_mae_mm"] > 0 and metrics["length_n_test"] > 0
+    assert metrics["dims_avg_mae_mm"] > 0 and metrics["dims_n_test"] > 0
     report = (out / "report.html").read_text()
-    assert "length" in report and (out / "length" / "report.html").exists()
+    assert "length" in report and "dims" in report
+    assert (out / "length" / "report.html").exists() and (out / "dims" / "report.html").exists()

@@ -54,17 +54,18 @@ def snap_to_catalogue(
     sigma: Sequence[float] = (0.5, 0.2),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Snapped (length, diameter), each (N,), for regressed sizes (N,) and model probabilities (N, K) over
-    ``models``; models absent from the catalogue are skipped, and with none left the sizes pass through."""
+    ``models``; a model absent from the catalogue stands for "keep the regressed sizes"."""
     length, diameter = np.asarray(length, np.float64), np.asarray(diameter, np.float64)
     best_score = np.full(length.shape, np.inf)
     out_length, out_diameter = length.copy(), diameter.copy()
     log_prior = np.log(np.clip(np.asarray(model_probs, np.float64), 1e-12, None))
     for k, name in enumerate(models):
         sizes = catalogue.get(name)
-        if not sizes or not sizes["lengths"] or not sizes["diameters"]:
-            continue
-        snapped_length = _nearest(length, sizes["lengths"])
-        snapped_diameter = _nearest(diameter, sizes["diameters"])
+        if sizes and sizes["lengths"] and sizes["diameters"]:
+            snapped_length = _nearest(length, sizes["lengths"])
+            snapped_diameter = _nearest(diameter, sizes["diameters"])
+        else:  # a model without a catalogue keeps the regressed sizes (no size cost), weighed by its probability
+            snapped_length, snapped_diameter = length, diameter
         score = (
             ((length - snapped_length) / sigma[0]) ** 2
             + ((diameter - snapped_diameter) / sigma[1]) ** 2
