@@ -36,11 +36,13 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return paths
 
 
-def pipeline_app(name: str, config_class: type, summary: str) -> typer.Typer:
-    """Typer app with the shared verbs; the pipeline itself (torch and all) is imported only when a verb runs."""
+def pipeline_app(
+    name: str, config_class: type, summary: str, verbs: tuple[str, ...] = ("train", "eval", "predict")
+) -> typer.Typer:
+    """Typer app with the shared ``verbs`` (a pipeline whose eval or predict takes other inputs adds its own); the
+    pipeline itself (torch and all) is imported only when a verb runs."""
     app = typer.Typer(help=summary, no_args_is_help=True)
 
-    @app.command("train")
     @config_flags(config_class)
     def train(
         out: Out,
@@ -57,7 +59,6 @@ def pipeline_app(name: str, config_class: type, summary: str) -> typer.Typer:
         summary = pipeline.train(cfg, out, resume=resume)
         typer.echo(json.dumps(to_jsonable(summary)))
 
-    @app.command("eval")
     def evaluate(
         checkpoint: Checkpoint,
         json_path: Annotated[Path, typer.Option("--json", help="manifest to evaluate on")],
@@ -67,7 +68,6 @@ def pipeline_app(name: str, config_class: type, summary: str) -> typer.Typer:
         metrics = get_pipeline(name).evaluate(checkpoint, json_path, out=out)
         typer.echo(json.dumps(to_jsonable(metrics)))
 
-    @app.command("predict")
     def predict(
         inputs: Annotated[list[Path], typer.Argument(help="image files or folders of images")],
         checkpoint: Checkpoint,
@@ -79,4 +79,7 @@ def pipeline_app(name: str, config_class: type, summary: str) -> typer.Typer:
         for path in expand_inputs(inputs):
             typer.echo(json.dumps(to_jsonable(predictor.predict(path))))
 
+    for verb, command in (("train", train), ("eval", evaluate), ("predict", predict)):
+        if verb in verbs:
+            app.command(verb)(command)
     return app

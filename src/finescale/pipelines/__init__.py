@@ -10,7 +10,7 @@ from typing import Any
 
 from finescale.errors import FinescaleError
 
-PIPELINE_NAMES: tuple[str, ...] = ("length", "dims")
+PIPELINE_NAMES: tuple[str, ...] = ("length", "dims", "puzzle")
 # Pipelines that `finescale demo` runs by default: each joins once its quick run is measured to fit the demo's
 # 10-minute budget on 2 CPU cores beside the others (dims: not yet measured).
 DEMO_TASKS: tuple[str, ...] = ("length",)

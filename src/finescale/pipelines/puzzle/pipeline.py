@@ -1,0 +1,23 @@
+"""The ``puzzle`` entry of the pipeline table."""
+
+from finescale.pipelines import Pipeline
+from finescale.pipelines.puzzle.bench import METRICS, bench_variants
+from finescale.pipelines.puzzle.config import PuzzleConfig
+from finescale.pipelines.puzzle.predict import PuzzlePredictor
+from finescale.pipelines.puzzle.task import PuzzleTask
+from finescale.pipelines.puzzle.workflow import classical_baseline, evaluate, train
+from finescale.synth.puzzles import generate_puzzles
+
+PIPELINE = Pipeline(
+    name="puzzle",
+    config_class=PuzzleConfig,
+    task_class=PuzzleTask,
+    predictor_class=PuzzlePredictor,
+    train=train,
+    evaluate=evaluate,
+    synth=generate_puzzles,
+    bench_variants=bench_variants,
+    bench_metrics=METRICS,
+    extra_baselines=classical_baseline,
+    demo_size=600,
+)

@@ -1,0 +1,87 @@
+"""``finescale synth puzzles`` -> ``puzzle train`` -> ``eval`` (learned and classical) -> ``predict`` with an overlay
+-> ``bench``, end to end through the CLI on a tiny generated set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tests.conftest import finescale
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "--epochs", "1", "--batch-size", "4", "--fpn-channels", "16", "--window", "128", "--piece-window", "56",
+    "--piece-pixels", "48", "--accelerator", "cpu", "--no-progress",
+]  # fmt: skip
+TINY_YAML = """
+trainer: {epochs: 1, batch_size: 4, accelerator: cpu, progress: false, limit_train_batches: 2}
+model: {fpn_channels: 16}
+data: {window: 128, piece_window: 56, piece_pixels: 48, puzzle_size: 128, piece_size: 48}
+"""
+
+
+@pytest.fixture(scope="module")
+def puzzles(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("puzzles")
+    finescale("synth", "puzzles", "--out", out, "--n", "30", "--seed", "0", "--full-size-fraction", "0")
+    return out
+
+
+def test_train_eval_predict(puzzles: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    args = ["puzzle", "train", "--train-json", puzzles / "train.json", "--val-json", puzzles / "val.json"]
+    finescale(*args, "--out", run, *TINY)
+    assert torch.load(run / "best.ckpt", weights_only=True)["hyper_parameters"]["config"]["pipeline"] == "puzzle"
+
+    metrics = json.loads(finescale("puzzle", "eval", "--checkpoint", run, "--json", puzzles / "test.json").stdout)
+    for key in ("puzzle_position_accuracy", "puzzle_rotation_accuracy", "puzzle_both_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["puzzle_ms_per_piece"] > 0 and metrics["n"] == len(json.loads((puzzles / "test.json").read_text()))
+    assert (run / "plots" / "correlation_maps.png").exists() and "Correlation maps" in (run / "report.html").read_text()
+
+    classical = tmp_path / "classical" / "metrics.json"
+    finescale("puzzle", "eval", "--method", "classical", "--json", puzzles / "test.json", "--out", classical)
+    assert json.loads(classical.read_text())["puzzle_position_accuracy"] >= 0.5  # easy synthetic pieces
+
+    record = json.loads((puzzles / "test.json").read_text())[0]
+    overlay = tmp_path / "overlay.png"
+    lines = finescale(
+        "puzzle", "predict", "--checkpoint", run, "--puzzle", puzzles / record["puzzle"],
+        "--piece", puzzles / record["piece"], "--overlay", overlay,
+    ).stdout.splitlines()  # fmt: skip
+    result = json.loads(lines[0])
+    assert len(result["box"]) == 4 and result["rotation"] in range(4) and 0 <= result["confidence"] <= 1
+    assert overlay.stat().st_size > 1000
+
+
+def test_errors_are_one_line(puzzles: Path, tmp_path: Path):
+    no_checkpoint = finescale("puzzle", "eval", "--json", puzzles / "test.json", check=False)
+    assert no_checkpoint.returncode == 2 and no_checkpoint.stderr.strip().startswith("error: give --checkpoint")
+    missing = finescale(
+        "puzzle",
+        "predict",
+        "--method",
+        "classical",
+        "--puzzle",
+        tmp_path / "none.jpg",
+        "--piece",
+        tmp_path,
+        check=False,
+    )
+    assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+def test_bench_has_learned_and_classical_rows(puzzles: Path, tmp_path: Path):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY_YAML)
+    out = tmp_path / "bench"
+    finescale(
+        "bench", "puzzle", "--out", out, "--data", puzzles, "--seeds", "0,1", "--variants", "default",
+        "--config", config,
+    )  # fmt: skip
+    rows = {row["variant"]: row for row in json.loads((out / "bench.json").read_text())["rows"]}
+    assert {"default", "classical"} <= set(rows)
+    assert rows["default"]["seeds"] == [0, 1] and rows["classical"]["puzzle_ms_per_piece_mean"] > 0
