@@ -41,6 +41,25 @@ def synth_implants(
     typer.echo(json.dumps(to_jsonable(generate_implants(out, n=n, seed=seed, size=size))))
 
 
+@synth_app.command("puzzles")
+def synth_puzzles(
+    out: Annotated[Path, typer.Option("--out", help="output folder")],
+    n: Annotated[int, typer.Option("--n", help="number of piece records (piece photo + box + rotation)")] = 600,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="folder of source photos (default: scikit-image's photos)")
+    ] = None,
+    full_size_fraction: Annotated[
+        float, typer.Option("--full-size-fraction", help="share of puzzles at full size (~3000x2000)")
+    ] = 0.1,
+) -> None:
+    """Jigsaw puzzles and photographed pieces for the puzzle pipeline, split by source photo."""
+    from finescale.synth.puzzles import generate_puzzles
+
+    summary = generate_puzzles(out, n=n, seed=seed, images=images, full_size_fraction=full_size_fraction)
+    typer.echo(json.dumps(to_jsonable(summary)))
+
+
 @app.command("bench")
 def bench(
     pipeline: Annotated[str, typer.Argument(help=f"one of: {', '.join(PIPELINE_NAMES)}")],

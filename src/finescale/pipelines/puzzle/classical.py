@@ -1,0 +1,343 @@
+"""Training-free baseline of the ``puzzle`` pipeline: find a photographed jigsaw piece in the puzzle picture.
+
+1. The piece is separated from the table (border colour statistics -> GrabCut -> largest component) and
+   straightened (its sides made axis-aligned), so the table never pollutes the matching.
+2. SIFT + RANSAC: the piece's keypoints are matched to the puzzle's (ratio test) and a similarity transform is fitted;
+   the piece's outline projected through it gives the box, its angle the quarter turns.
+3. When SIFT finds too few inliers: masked normalised cross-correlation (``cv2.TM_CCOEFF_NORMED`` with the piece
+   mask) over the 4 quarter turns and 3 scales, coarse (puzzle / 4) then refined at full resolution around the best
+   candidates. Memory stays bounded: only the reduced puzzle and small full-resolution windows are correlated.
+
+Rotation convention (the manifests'): ``rotation = k`` means the piece photo shows ``np.rot90(region, k)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+
+
+def _largest_filled(fg: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a bool mask with its holes filled (bool, same shape)."""
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros_like(fg, dtype=bool)
+    keep = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    outside = np.pad(1 - keep, 1, constant_values=1)
+    cv2.floodFill(outside, None, (0, 0), 2)
+    return (keep == 1) | (outside[1:-1, 1:-1] == 1)
+
+
+def estimate_piece_mask(photo: np.ndarray, border: int = 4, grabcut_iters: int = 5) -> np.ndarray:
+    """Bool (H, W) mask of the piece in an RGB uint8 photo whose outer ``border`` pixels show only the table.
+
+    The table's colour statistics (mean, covariance in Lab) come from the border strip. Pixels beyond the strip's own
+    99.5th percentile of Mahalanobis distance (at least 3 sigma) are sure piece, the border strip is sure table, and
+    GrabCut settles the rest, starting from "probably piece" where the distance exceeds the strip's 90th percentile.
+    The largest component, holes filled, is the piece. GrabCut runs with a fixed OpenCV RNG seed: reproducible.
+    """
+    h, w = photo.shape[:2]
+    lab = cv2.cvtColor(cv2.GaussianBlur(photo, (0, 0), 1.2), cv2.COLOR_RGB2LAB).astype(np.float32)
+    ring = np.ones((h, w), bool)
+    ring[border:-border, border:-border] = False
+    strip = lab[ring]
+    inv = np.linalg.inv(np.cov(strip.T) + np.eye(3) * 4.0)
+    diff = lab - strip.mean(0)
+    d2 = np.einsum("hwi,ij,hwj->hw", diff, inv, diff)
+    sure = max(float(np.quantile(d2[ring], 0.995)), 9.0)
+    fg = cv2.morphologyEx((d2 > sure).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
+    fg = _largest_filled(fg)
+    if grabcut_iters <= 0 or fg.sum() < 16:
+        return fg
+    gc = np.where(d2 > float(np.quantile(d2[ring], 0.9)), cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    gc[cv2.erode(fg.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0] = cv2.GC_FGD
+    gc[ring] = cv2.GC_BGD
+    cv2.setRNGSeed(0)
+    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.grabCut(np.ascontiguousarray(photo[..., ::-1]), gc, None, bgd, fgd, grabcut_iters, cv2.GC_INIT_WITH_MASK)
+    refined = _largest_filled((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD))
+    return refined if refined.sum() >= 16 else fg
+
+
+def skew_angle(mask: np.ndarray) -> float:
+    """Angle in degrees, in [-45, 45), of the piece outline's dominant directions modulo 90 degrees.
+
+    Measured as atan2(dy, dx) in image coordinates (y down): the straight shoulders of a jigsaw piece dominate a
+    length-weighted 4-fold circular mean of the outline's directions, while the round knobs average out.
+    ``cv2.getRotationMatrix2D(centre, skew_angle(mask), 1)`` makes the piece's sides axis-aligned.
+    """
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return 0.0
+    pts = max(contours, key=len)[:, 0, :].astype(np.float64)
+    d = np.roll(pts, -4, axis=0) - pts
+    z = np.sum(np.hypot(d[:, 0], d[:, 1]) * np.exp(4j * np.arctan2(d[:, 1], d[:, 0])))
+    angle = float(np.degrees(np.angle(z) / 4.0))
+    return (angle + 45.0) % 90.0 - 45.0
+
+
+def straighten(piece: np.ndarray, mask: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate ``piece`` (H, W, C) and its bool ``mask`` by ``angle`` degrees (OpenCV sense, counter-clockwise on
+    screen) on a canvas that holds the whole result, and crop both to the mask's bounding box."""
+    h, w = mask.shape
+    rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
+    cos, sin = abs(rot[0, 0]), abs(rot[0, 1])
+    nw, nh = int(np.ceil(w * cos + h * sin)), int(np.ceil(w * sin + h * cos))
+    rot[:, 2] += [(nw - w) / 2.0, (nh - h) / 2.0]
+    img = cv2.warpAffine(piece, rot, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    m = cv2.warpAffine(mask.astype(np.float32), rot, (nw, nh), flags=cv2.INTER_LINEAR) > 0.5
+    return crop_to_mask(img, m)
+
+
+def crop_to_mask(img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``img`` and ``mask`` cut to the bounding box of ``mask`` (unchanged when the mask is empty)."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return img, mask
+    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    return img[y0:y1, x0:x1], mask[y0:y1, x0:x1]
+
+
+def as_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    """An image as RGB uint8 (H, W, 3): grey is repeated, alpha dropped, floats in [0, 1] scaled; uint8 RGB as is."""
+    from finescale.data.images import to_uint8
+
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        img = to_uint8(img)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
+    return np.ascontiguousarray(img[..., :3])
+
+
+def sanitize_scores(res: np.ndarray) -> np.ndarray:
+    """Scores of masked ``TM_CCOEFF_NORMED`` made safe for ``cv2.minMaxLoc``: windows with no variance give NaN or
+    inf (and round-off can push |r| past 1) there; all of those become -1, the rest is clipped to [-1, 1]."""
+    res = np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0)
+    res[np.abs(res) > 1.0 + 1e-3] = -1.0
+    return np.clip(res, -1.0, 1.0, out=res)
+
+
+def _peaks(res: np.ndarray, count: int, radius: int) -> list[tuple[float, int, int]]:
+    """Up to ``count`` (score, x, y) maxima of a score map, each at least ``radius`` from the ones before."""
+    res = res.copy()
+    out = []
+    for _ in range(count):
+        _, score, _, (x, y) = cv2.minMaxLoc(res)
+        if score <= -1.0:
+            break
+        out.append((float(score), int(x), int(y)))
+        res[max(y - radius, 0) : y + radius + 1, max(x - radius, 0) : x + radius + 1] = -1.0
+    return out
+
+
+@dataclass
+class _PuzzleIndex:
+    """What one puzzle costs once: float32 copies at reduced scales, and SIFT features (built on first use)."""
+
+    image: np.ndarray  # uint8 RGB (H, W, 3)
+    reduced: dict[int, np.ndarray] = field(default_factory=dict)  # factor -> grey float32 (H / factor, W / factor)
+    points: np.ndarray | None = None  # (N, 2) float32 keypoint xy in puzzle pixels
+    descriptors: np.ndarray | None = None  # (N, 128) float32
+
+
+class ClassicalMatcher:
+    """Find a piece photo in a puzzle picture without training: SIFT + RANSAC, else masked template matching.
+
+    ``method="auto"`` tries SIFT first and falls back to templates when fewer than ``min_inliers`` matches agree;
+    ``method="template"`` uses templates only. Each template search correlates the 4 quarter turns x ``scales`` on the
+    puzzle reduced by up to ``coarse_factor``, then refines the best ``candidates`` at full resolution. The last
+    ``cache_size`` puzzles' reduced copies and SIFT features are kept (keyed by ``key`` or a hash of the pixels), so
+    matching many pieces of one puzzle pays for its features once.
+    """
+
+    def __init__(
+        self,
+        *,
+        method: Literal["auto", "template"] = "auto",
+        scales: Sequence[float] = (0.9, 1.0, 1.1),
+        coarse_scales: Sequence[float] | None = None,
+        coarse_factor: int = 4,
+        candidates: int = 6,
+        min_inliers: int = 8,
+        ratio: float = 0.8,
+        blur: float = 1.0,
+        sift_tile: int = 768,
+        cache_size: int = 2,
+    ) -> None:
+        if method not in ("auto", "template"):
+            raise ValueError(f"method must be 'auto' or 'template', got {method!r}")
+        self.method = method
+        self.scales = tuple(float(s) for s in scales)
+        self.coarse_scales = self.scales if coarse_scales is None else tuple(float(s) for s in coarse_scales)
+        self.coarse_factor = max(1, int(coarse_factor))
+        self.candidates = candidates
+        self.min_inliers = min_inliers
+        self.ratio = ratio
+        self.blur = float(blur)
+        self.sift_tile = sift_tile
+        self.cache_size = cache_size
+        self._cache: OrderedDict[Hashable, _PuzzleIndex] = OrderedDict()
+        self._sift = cv2.SIFT_create()
+        self._matcher = cv2.BFMatcher(cv2.NORM_L2)
+
+    @staticmethod
+    def fingerprint(puzzle: np.ndarray) -> Hashable:
+        """Cache key of a puzzle array: its shape and a hash of its bytes."""
+        digest = hashlib.blake2b(np.ascontiguousarray(puzzle).data, digest_size=16).hexdigest()
+        return (puzzle.shape, digest)
+
+    def match(self, puzzle: np.ndarray, piece: np.ndarray, key: Hashable | None = None) -> dict:
+        """Locate ``piece`` (RGB photo on a table) in ``puzzle`` (RGB H x W x 3); uint8 is expected, grey or float
+        [0, 1] arrays are converted (:func:`as_rgb_uint8`).
+
+        Returns ``{"box": [x1, y1, x2, y2]`` (float puzzle pixels, xyxy: the piece's outline at the matched scale and
+        turn), ``"rotation": k`` (piece photo = ``np.rot90(region, k)``), ``"confidence"`` (SIFT: inlier ratio;
+        template: correlation peak; in [0, 1]) and ``"method": "sift" | "template"}``.
+        """
+        index = self._index(as_rgb_uint8(puzzle), key)
+        piece = as_rgb_uint8(piece)
+        mask = estimate_piece_mask(piece)
+        if mask.sum() < 16:  # nothing stands out from the table: use the whole photo
+            mask = np.ones(piece.shape[:2], bool)
+        result = self._match_sift(index, piece, mask) if self.method == "auto" else None
+        return result if result is not None else self._match_template(index, piece, mask)
+
+    def match_many(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
+        """:meth:`match` for several pieces of one puzzle, hashing the puzzle once."""
+        puzzle = as_rgb_uint8(puzzle)
+        key = self.fingerprint(puzzle)
+        return [self.match(puzzle, piece, key=key) for piece in pieces]
+
+    def _index(self, puzzle: np.ndarray, key: Hashable | None) -> _PuzzleIndex:
+        key = self.fingerprint(puzzle) if key is None else key
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        index = _PuzzleIndex(np.ascontiguousarray(puzzle))
+        self._cache[key] = index
+        while len(self._cache) > max(self.cache_size, 1):
+            self._cache.popitem(last=False)
+        return index
+
+    def _sift_features(self, index: _PuzzleIndex) -> None:
+        """Detect SIFT on the puzzle tile by tile (bounded memory), keeping each keypoint only in its home tile."""
+        if index.points is not None:
+            return
+        grey = cv2.cvtColor(index.image, cv2.COLOR_RGB2GRAY)
+        h, w = grey.shape
+        t, overlap = self.sift_tile, 32
+        points, descriptors = [np.zeros((0, 2), np.float32)], [np.zeros((0, 128), np.float32)]
+        for y0 in range(0, h, t):
+            for x0 in range(0, w, t):
+                ya, xa = max(y0 - overlap, 0), max(x0 - overlap, 0)
+                kps, desc = self._sift.detectAndCompute(grey[ya : y0 + t + overlap, xa : x0 + t + overlap], None)
+                if desc is None:
+                    continue
+                xy = np.float32([kp.pt for kp in kps]).reshape(-1, 2) + np.float32([xa, ya])
+                home = (xy[:, 0] >= x0) & (xy[:, 0] < x0 + t) & (xy[:, 1] >= y0) & (xy[:, 1] < y0 + t)
+                points.append(xy[home])
+                descriptors.append(desc[home])
+        index.points, index.descriptors = np.concatenate(points), np.concatenate(descriptors)
+
+    def _match_sift(self, index: _PuzzleIndex, photo: np.ndarray, mask: np.ndarray) -> dict | None:
+        """Similarity transform piece -> puzzle from ratio-tested SIFT matches and RANSAC; None when unreliable."""
+        self._sift_features(index)
+        if len(index.descriptors) < 2:
+            return None
+        inner = cv2.erode(mask.astype(np.uint8) * 255, np.ones((5, 5), np.uint8))
+        kps, desc = self._sift.detectAndCompute(cv2.cvtColor(photo, cv2.COLOR_RGB2GRAY), inner)
+        if desc is None or len(kps) < self.min_inliers:
+            return None
+        pairs = self._matcher.knnMatch(desc, index.descriptors, k=2)
+        good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < self.ratio * p[1].distance]
+        if len(good) < self.min_inliers:
+            return None
+        src = np.float32([kps[m.queryIdx].pt for m in good])
+        dst = index.points[[m.trainIdx for m in good]]
+        fit, inliers = cv2.estimateAffinePartial2D(
+            src, dst, method=cv2.RANSAC, ransacReprojThreshold=4.0, maxIters=2000, confidence=0.995
+        )
+        if fit is None:
+            return None
+        n_in, scale = int(inliers.sum()), float(np.hypot(fit[0, 0], fit[1, 0]))
+        if n_in < self.min_inliers or not 0.75 <= scale <= 1.33:
+            return None
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        outline = np.concatenate(contours)[:, 0, :].astype(np.float64) @ fit[:, :2].T + fit[:, 2]
+        h, w = index.image.shape[:2]
+        x1, y1 = np.clip(outline.min(0), 0, [w, h])
+        x2, y2 = np.clip(outline.max(0) + 1.0, 0, [w, h])
+        k = int(round(np.degrees(np.arctan2(fit[1, 0], fit[0, 0])) / 90.0)) % 4
+        box = [float(x1), float(y1), float(x2), float(y2)]
+        return {"box": box, "rotation": k, "confidence": n_in / len(good), "method": "sift"}
+
+    def _reduced(self, index: _PuzzleIndex, factor: int) -> np.ndarray:
+        """The puzzle in grey, reduced by ``factor`` (area averaging), float32; cached on the index."""
+        if factor not in index.reduced:
+            h, w = index.image.shape[:2]
+            grey = cv2.cvtColor(index.image, cv2.COLOR_RGB2GRAY)
+            size = (max(w // factor, 1), max(h // factor, 1))
+            index.reduced[factor] = cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+        return index.reduced[factor]
+
+    def _match_template(self, index: _PuzzleIndex, photo: np.ndarray, mask: np.ndarray) -> dict:
+        """Masked correlation of the straightened piece: a grey search on the reduced puzzle over the 4 turns x
+        ``coarse_scales``, then a colour refinement over the 4 turns' best candidates x ``scales`` in small
+        full-resolution windows."""
+        img, m = straighten(photo.astype(np.float32), mask, skew_angle(mask))
+        img = cv2.GaussianBlur(img, (0, 0), self.blur)
+        inner = cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3).astype(np.float32)
+        if inner.sum() < 16:
+            inner = m.astype(np.float32)
+        height, width = index.image.shape[:2]
+        factor = int(np.clip(min(img.shape[:2]) // 16, 1, self.coarse_factor))
+        reduced = self._reduced(index, factor)
+        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+
+        def template(source: np.ndarray, k: int, f: float, level: int) -> tuple[np.ndarray, np.ndarray]:
+            t_img, t_mask = np.rot90(source, -k), np.rot90(inner, -k)
+            size = (max(round(t_img.shape[1] * f / level), 4), max(round(t_img.shape[0] * f / level), 4))
+            t = cv2.resize(np.ascontiguousarray(t_img), size, interpolation=cv2.INTER_AREA)
+            tm = cv2.resize(np.ascontiguousarray(t_mask), size, interpolation=cv2.INTER_AREA)
+            return t, (tm > 0.5).astype(np.float32)
+
+        candidates = []  # (score, k, centre x, centre y) in full-resolution pixels
+        for k in range(4):
+            for f in self.coarse_scales:
+                t, tm = template(grey, k, f, factor)
+                th, tw = t.shape[:2]
+                if th > reduced.shape[0] or tw > reduced.shape[1] or tm.sum() < 4:
+                    continue
+                res = sanitize_scores(cv2.matchTemplate(reduced, t, cv2.TM_CCOEFF_NORMED, mask=tm))
+                for score, x, y in _peaks(res, 2, max(th, tw) // 2):
+                    candidates.append((score, k, (x + tw / 2.0) * factor, (y + th / 2.0) * factor))
+        candidates.sort(key=lambda c: -c[0])
+        best = (-1.0, 0, 0.0, 0.0, float(width), float(height))  # score, k, x1, y1, x2, y2
+        pad = 2 * factor + 3
+        for _, k, cx, cy in candidates[: self.candidates]:
+            for f in self.scales:
+                t, tm = template(img, k, f, 1)
+                th, tw = t.shape[:2]
+                x0, y0 = max(int(round(cx - tw / 2.0)) - pad, 0), max(int(round(cy - th / 2.0)) - pad, 0)
+                x1, y1 = min(x0 + tw + 2 * pad, width), min(y0 + th + 2 * pad, height)
+                if x1 - x0 < tw or y1 - y0 < th:
+                    continue
+                e = int(3 * self.blur) + 1  # blur a slightly larger window so its edges are clean
+                bx0, by0 = max(x0 - e, 0), max(y0 - e, 0)
+                window = cv2.GaussianBlur(index.image[by0 : y1 + e, bx0 : x1 + e].astype(np.float32), (0, 0), self.blur)
+                window = window[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
+                res = sanitize_scores(cv2.matchTemplate(window, t, cv2.TM_CCOEFF_NORMED, mask=tm))
+                _, score, _, (px, py) = cv2.minMaxLoc(res)
+                if score > best[0]:
+                    best = (score, k, float(x0 + px), float(y0 + py), float(x0 + px + tw), float(y0 + py + th))
+        score, k, *box = best
+        return {"box": box, "rotation": k, "confidence": float(np.clip(score, 0.0, 1.0)), "method": "template"}

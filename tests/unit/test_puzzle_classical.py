@@ -1,0 +1,133 @@
+"""The training-free puzzle matcher: finds generated pieces, keeps the rotation convention, survives flat regions and
+full-size puzzles."""
+
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from finescale.pipelines.puzzle.classical import ClassicalMatcher, estimate_piece_mask, sanitize_scores
+from finescale.synth.jigsaw import make_cut
+from finescale.synth.puzzles import generate_puzzles, photograph_piece
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _read(path: Path) -> np.ndarray:
+    return np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[..., ::-1])
+
+
+def _textured_puzzle(seed: int = 0) -> np.ndarray:
+    """A 512 x 768 picture with detail everywhere: the astronaut photo, zoomed 1.5x, plus mild grain."""
+    rng = np.random.default_rng(seed)
+    img = cv2.resize(skimage.data.astronaut(), (768, 768), interpolation=cv2.INTER_CUBIC)[128:640]
+    return np.clip(img + rng.normal(0, 6, img.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pieces(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("classical")
+    generate_puzzles(out, n=12, seed=2, split=(1.0, 0.0, 0.0), full_size_fraction=0.0, pieces_per_puzzle=6, workers=1)
+    return out
+
+
+def test_finds_generated_pieces(pieces):
+    records = json.loads((pieces / "train.json").read_text())
+    matcher = ClassicalMatcher()
+    hits = 0
+    for puzzle_path in sorted({r["puzzle"] for r in records}):
+        group = [r for r in records if r["puzzle"] == puzzle_path]
+        puzzle = _read(pieces / puzzle_path)
+        results = matcher.match_many(puzzle, [_read(pieces / r["piece"]) for r in group])
+        for rec, res in zip(group, results, strict=True):
+            assert set(res) == {"box", "rotation", "confidence", "method"}
+            assert res["method"] in ("sift", "template") and 0.0 <= res["confidence"] <= 1.0
+            hits += _iou(res["box"], rec["box"]) >= 0.5 and res["rotation"] == rec["rotation"]
+    assert hits >= 0.7 * len(records)
+
+
+@pytest.mark.parametrize("method", ["auto", "template"])
+def test_rotation_convention_and_box(method):
+    """A piece photo made as np.rot90(region, k) must come back as rotation k, for SIFT and for templates."""
+    puzzle = _textured_puzzle()
+    cut = make_cut(puzzle.shape[1], puzzle.shape[0], 90, np.random.default_rng(3))
+    matcher = ClassicalMatcher(method=method)
+    for k, (row, col) in enumerate([(1, 2), (3, 5), (2, 1), (4, 4)]):
+        alpha, origin = cut.mask(row, col)
+        photo, cover, _ = photograph_piece(puzzle, alpha, origin, k, np.random.default_rng(k))
+        res = matcher.match(puzzle, photo)
+        assert res["rotation"] == k, (k, res)
+        assert _iou(res["box"], cut.box(row, col)) >= 0.6, (k, res)
+        if method == "template":
+            assert res["method"] == "template"
+
+
+def test_piece_mask_separates_the_table(pieces):
+    puzzle = _textured_puzzle(1)
+    cut = make_cut(puzzle.shape[1], puzzle.shape[0], 80, np.random.default_rng(0))
+    for i, cell in enumerate([(1, 1), (2, 3), (3, 6)]):
+        alpha, origin = cut.mask(*cell)
+        photo, cover, _ = photograph_piece(puzzle, alpha, origin, i, np.random.default_rng(10 + i))
+        mask, truth = estimate_piece_mask(photo), cover > 0.5
+        assert (mask & truth).sum() / (mask | truth).sum() > 0.85
+
+
+def test_flat_regions_give_finite_scores():
+    flat = np.full((120, 160), 128.0, np.float32)
+    flat[40:90, 60:130] = np.random.default_rng(0).uniform(0, 255, (50, 70))
+    template = np.random.default_rng(1).uniform(0, 255, (15, 15)).astype(np.float32)
+    mask = np.ones((15, 15), np.float32)
+    mask[:4, :4] = 0.0
+    raw = cv2.matchTemplate(flat, template, cv2.TM_CCOEFF_NORMED, mask=mask)
+    assert not np.isfinite(raw).all()  # OpenCV divides by a zero variance on the flat windows
+    clean = sanitize_scores(raw)
+    assert np.isfinite(clean).all() and clean.min() >= -1.0 and clean.max() <= 1.0
+    assert cv2.minMaxLoc(clean)[1] < 1.0 + 1e-6
+
+    # a textured patch inside a flat picture is still found, and a piece from a flat picture gives a finite answer
+    puzzle = np.full((400, 600, 3), 90, np.uint8)
+    puzzle[100:300, 200:450] = _textured_puzzle()[100:300, 200:450]
+    cut = make_cut(600, 400, 80, np.random.default_rng(2))
+    alpha, origin = cut.mask(2, 4)
+    photo, _, _ = photograph_piece(puzzle, alpha, origin, 1, np.random.default_rng(4))
+    matcher = ClassicalMatcher(method="template")
+    res = matcher.match(puzzle, photo)
+    assert res["rotation"] == 1 and _iou(res["box"], cut.box(2, 4)) >= 0.5
+    res = matcher.match(np.full((400, 600, 3), 90, np.uint8), photo)
+    assert np.isfinite(res["box"]).all() and np.isfinite(res["confidence"])
+
+
+def test_full_size_puzzle_stays_bounded(tmp_path):
+    generate_puzzles(tmp_path, n=2, seed=5, split=(1.0, 0.0, 0.0), full_size_fraction=1.0, workers=1)
+    records = json.loads((tmp_path / "train.json").read_text())
+    puzzle = _read(tmp_path / records[0]["puzzle"])
+    assert puzzle.shape[0] * puzzle.shape[1] > 5_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    results = ClassicalMatcher().match_many(puzzle, [_read(tmp_path / r["piece"]) for r in records])
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # ru_maxrss is KiB on Linux
+    assert grown_mib < 1500
+    for res in results:
+        x1, y1, x2, y2 = res["box"]
+        assert 0 <= x1 < x2 <= puzzle.shape[1] and 0 <= y1 < y2 <= puzzle.shape[0]
+
+
+def test_float_and_cached_inputs_give_the_same_answer():
+    puzzle = _textured_puzzle(2)
+    cut = make_cut(puzzle.shape[1], puzzle.shape[0], 80, np.random.default_rng(7))
+    alpha, origin = cut.mask(2, 2)
+    photo, _, _ = photograph_piece(puzzle, alpha, origin, 2, np.random.default_rng(8))
+    matcher = ClassicalMatcher(method="template", cache_size=1)
+    first = matcher.match(puzzle, photo)
+    again = matcher.match_many(puzzle.astype(np.float32) / 255.0, [photo.astype(np.float32) / 255.0])[0]
+    assert first == again and len(matcher._cache) == 1
