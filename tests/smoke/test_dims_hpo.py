@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from sqlalchemy.exc import OperationalError
 from tests.conftest import finescale
 
 pytestmark = pytest.mark.slow
@@ -27,10 +28,12 @@ regress: {attention_dim: 16, head_dim: 16}
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def _finished(storage: str) -> int:
+def _finished(db: Path) -> int:
+    if not db.exists():
+        return 0
     try:
-        study = optuna.load_study(study_name="dims-quick", storage=storage)
-    except KeyError:  # the study is not created yet
+        study = optuna.load_study(study_name="dims-quick", storage=f"sqlite:///{db}")
+    except (KeyError, OperationalError):  # the study or its tables are not created yet
         return 0
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
@@ -48,11 +51,11 @@ def test_hpo_killed_and_rerun_ends_with_all_trials_then_analyzes(implants: Path,
         start_new_session=True,  # its own process group: the kill reaches the spawned workers too
     )
     deadline = time.time() + 400
-    while proc.poll() is None and time.time() < deadline and _finished(storage) < 1:
+    while proc.poll() is None and time.time() < deadline and _finished(out / 'study.db') < 1:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 1 <= _finished(storage) < 4, "the study should have been killed part-way"
+    assert 1 <= _finished(out / 'study.db') < 4, "the study should have been killed part-way"
 
     finescale(*args)  # the same command continues the stored study
     summary = json.loads((out / "hpo.json").read_text())
