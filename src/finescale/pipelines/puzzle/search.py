@@ -1,0 +1,111 @@
+"""Whole-puzzle search with bounded memory: the puzzle is rescaled and encoded ONCE, in overlapping tiles whose
+feature maps are stitched, then every piece is scored against the stitched pyramid in chunks, the correlation
+computed in row bands. Encoding the puzzle once for all pieces is the learned method's speed advantage over
+per-piece template matching, which must sweep the whole picture for every piece.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from finescale.pipelines.puzzle.config import PuzzleConfig, PuzzleDataConfig
+from finescale.pipelines.puzzle.data import fit_square, piece_scale, piece_side, puzzle_scale, rescale, to_tensor
+from finescale.pipelines.puzzle.model import PuzzleLocator
+
+ALIGN = 32  # the coarsest stride: tiles start on multiples of it so every level's grid lines up
+
+
+def tile_starts(extent: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` covering ``extent`` with at least ``overlap`` shared between neighbours."""
+    if extent <= tile:
+        return [0]
+    return [*range(0, extent - tile, tile - overlap), extent - tile]
+
+
+def pad_to_multiple(image: np.ndarray, multiple: int = ALIGN) -> np.ndarray:
+    """Zero-pad the bottom and right so that both sides are multiples of ``multiple`` (origin unchanged)."""
+    h, w = image.shape[:2]
+    pad_h, pad_w = -h % multiple, -w % multiple
+    return np.pad(image, ((0, pad_h), (0, pad_w), (0, 0))) if pad_h or pad_w else image
+
+
+@torch.no_grad()
+def encode_tiled(model: PuzzleLocator, image: np.ndarray, *, tile: int, overlap: int) -> list[torch.Tensor]:
+    """(H, W, 3) image, sides multiples of 32 -> the pyramid [(1, C, H / s, W / s)] of the whole image.
+
+    Each tile keeps its interior (``overlap / 2`` is cut where it meets a neighbour, so every kept cell saw enough
+    context), and the kept parts tile the image exactly. Peak memory: one tile's activations + the stitched maps.
+    """
+    height, width = image.shape[:2]
+    half = overlap // 2
+    strides = model.puzzle_encoder.strides
+    device = next(model.parameters()).device
+    out: list[torch.Tensor] = []
+    for y0 in tile_starts(height, tile, overlap):
+        for x0 in tile_starts(width, tile, overlap):
+            y1, x1 = min(height, y0 + tile), min(width, x0 + tile)
+            feats = model.encode_puzzle(to_tensor(image[y0:y1, x0:x1])[None].to(device))
+            if not out:
+                out = [f.new_zeros(1, f.shape[1], height // s, width // s) for f, s in zip(feats, strides, strict=True)]
+            ky0, ky1 = y0 + (half if y0 > 0 else 0), y1 - (half if y1 < height else 0)
+            kx0, kx1 = x0 + (half if x0 > 0 else 0), x1 - (half if x1 < width else 0)
+            for level, f, s in zip(out, feats, strides, strict=True):
+                level[..., ky0 // s : ky1 // s, kx0 // s : kx1 // s] = f[
+                    ..., (ky0 - y0) // s : (ky1 - y0) // s, (kx0 - x0) // s : (kx1 - x0) // s
+                ]
+    return out
+
+
+def _as_float(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    image = image[..., :3]
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) / 255.0
+    return np.clip(image.astype(np.float32), 0.0, 1.0)
+
+
+@torch.no_grad()
+def locate(
+    model: PuzzleLocator,
+    puzzle_rgb: np.ndarray,
+    pieces: Sequence[np.ndarray],
+    cfg: PuzzleConfig | PuzzleDataConfig,
+) -> list[dict]:
+    """Find each piece in the whole puzzle.
+
+    ``puzzle_rgb`` (H, W, 3) and each piece photo (h, w, 3), uint8 or float in [0, 1]. The scale follows the
+    training rule (``puzzle.data``): in piece mode the puzzle is rescaled by ``piece_pixels`` / the median longer
+    side of the piece photos, every piece by the same factor. Returns per piece ``{"box": [x1, y1, x2, y2]`` in
+    original puzzle pixels, ``"rotation": k`` (the photo shows ``np.rot90(puzzle[box], k)``), ``"confidence"``}.
+    """
+    cfg = getattr(cfg, "data", cfg)
+    if not pieces:
+        return []
+    model.eval()
+    device = next(model.parameters()).device
+    height, width = puzzle_rgb.shape[:2]
+    factor = puzzle_scale((height, width), [max(p.shape[:2]) for p in pieces], cfg)
+    scaled = pad_to_multiple(_as_float(rescale(np.asarray(puzzle_rgb), factor)))
+    levels = encode_tiled(model, scaled, tile=cfg.tile, overlap=cfg.tile_overlap)
+    side = piece_side(cfg)
+    to_pixels = torch.tensor([scaled.shape[1], scaled.shape[0]] * 2, dtype=torch.float32) / factor
+    results: list[dict] = []
+    for start in range(0, len(pieces), cfg.piece_chunk):
+        chunk = pieces[start : start + cfg.piece_chunk]
+        batch = torch.stack(
+            [to_tensor(fit_square(rescale(_as_float(p), piece_scale(p.shape[:2], factor, cfg)), side)) for p in chunk]
+        ).to(device)
+        encoded = model.encode_pieces(batch)
+        scores = model.score(encoded, levels, band_bytes=cfg.band_mb * 2**20)
+        pred = model.decode(scores, encoded, levels, input_hw=scaled.shape[:2], piece_px=side)
+        boxes = pred["box"].float().cpu() * to_pixels
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        for box, rotation, confidence in zip(boxes, pred["rotation"], pred["confidence"], strict=True):
+            results.append({"box": [float(v) for v in box], "rotation": int(rotation), "confidence": float(confidence)})
+    return results
