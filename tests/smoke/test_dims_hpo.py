@@ -51,11 +51,11 @@ def test_hpo_killed_and_rerun_ends_with_all_trials_then_analyzes(implants: Path,
         start_new_session=True,  # its own process group: the kill reaches the spawned workers too
     )
     deadline = time.time() + 400
-    while proc.poll() is None and time.time() < deadline and _finished(out / 'study.db') < 1:
+    while proc.poll() is None and time.time() < deadline and _finished(out / "study.db") < 1:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert 1 <= _finished(out / 'study.db') < 4, "the study should have been killed part-way"
+    assert 1 <= _finished(out / "study.db") < 4, "the study should have been killed part-way"
 
     finescale(*args)  # the same command continues the stored study
     summary = json.loads((out / "hpo.json").read_text())
