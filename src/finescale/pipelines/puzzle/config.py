@@ -22,7 +22,9 @@ class PuzzleModelConfig(Section):
     weights: str | None = Field(None, description="state-dict file to load into the backbone(s)")
     fpn_channels: int = Field(64, ge=4, description="channels of every pyramid level P3..P5 (256 in full)")
     norm: Literal["batch", "group"] = Field(
-        "batch", description="backbone normalisation: batch (timm's) or group (batch-independent piece/puzzle stats)"
+        "group",
+        description="backbone normalisation: group (piece and puzzle normalised alike, measured in quick) or batch"
+        " (timm's own, keeps pretrained statistics)",
     )
     shared_backbone: bool = Field(True, description="one feature pyramid for piece and puzzle instead of two")
     head: Literal["dense", "regression"] = Field(
