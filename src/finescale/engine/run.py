@@ -84,3 +84,22 @@ def fit(
     if trainer.is_global_zero:
         update_metrics(run_dir / METRICS, summary)
     return summary
+
+
+def fit_and_report(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    build_task: Callable[[], L.LightningModule],
+    datamodule: L.LightningDataModule,
+    title: str,
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> dict[str, Any]:
+    """:func:`fit`, then the run's report.html (on the process that wrote config.yaml)."""
+    from finescale.eval.report import write_report
+
+    summary = fit(cfg, run_dir, build_task=build_task, datamodule=datamodule, resume=resume, callbacks=callbacks)
+    if (Path(run_dir) / CONFIG).exists():
+        write_report(run_dir, title=title)
+    return summary

@@ -12,7 +12,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from finescale.engine.checkpoints import checkpoint_config, load_task, read_checkpoint, resolve_checkpoint
-from finescale.engine.run import METRICS, check_run_dir, fit, update_metrics
+from finescale.engine.run import METRICS, check_run_dir, fit_and_report, update_metrics
 from finescale.engine.trainer import BEST, LAST
 from finescale.engine.unfreeze import ProgressiveUnfreezing
 from finescale.errors import FinescaleError
@@ -62,16 +62,14 @@ def classify(cfg: DimsConfig, run_dir: Path, *, resume: bool = False) -> dict[st
     if not labels:
         raise FinescaleError(f"the training manifest {cfg.train_json} names no {target}: nothing to classify")
     cfg = _updated(cfg, stage="classify", **{f"data__{key}": labels})
-    summary = fit(
+    return fit_and_report(
         cfg,
         run_dir,
         build_task=lambda: DimsClassifierTask(cfg.model_dump(mode="json")),
         datamodule=DimsDataModule(cfg),
+        title=f"finescale dims: {target} classifier",
         resume=resume,
     )
-    if (run_dir / "config.yaml").exists():
-        write_report(run_dir, title=f"finescale dims: {target} classifier")
-    return summary
 
 
 def ensure_classifier(cfg: DimsConfig, run_dir: Path, target: str) -> Path:
@@ -136,13 +134,15 @@ def train(
         task.model.load_embedders(states["company"], states["model"])
         return task
 
-    datamodule = DimsDataModule(cfg)
-    summary = fit(
-        cfg, run_dir, build_task=build_task, datamodule=datamodule, resume=resume, callbacks=[callback, *callbacks]
+    return fit_and_report(
+        cfg,
+        run_dir,
+        build_task=build_task,
+        datamodule=DimsDataModule(cfg),
+        title=TITLE,
+        resume=resume,
+        callbacks=[callback, *callbacks],
     )
-    if (run_dir / "config.yaml").exists():
-        write_report(run_dir, title=TITLE)
-    return summary
 
 
 def training_combinations(path: str | Path | None) -> set[tuple[str, float, float]] | None:

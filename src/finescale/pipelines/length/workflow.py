@@ -10,7 +10,7 @@ import numpy as np
 from lightning.pytorch.callbacks import Callback
 
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
-from finescale.engine.run import METRICS, fit, update_metrics
+from finescale.engine.run import METRICS, fit_and_report, update_metrics
 from finescale.eval import plots
 from finescale.eval.report import Figure, Section, write_report
 from finescale.pipelines.length.config import LengthConfig
@@ -24,17 +24,15 @@ TITLE = "finescale length: implant length from a radiograph"
 def train(
     cfg: LengthConfig, run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] = ()
 ) -> dict[str, Any]:
-    summary = fit(
+    return fit_and_report(
         cfg,
         run_dir,
         build_task=lambda: LengthTask(cfg.model_dump(mode="json")),
         datamodule=LengthDataModule(cfg),
+        title=TITLE,
         resume=resume,
         callbacks=callbacks,
     )
-    if (run_dir / "config.yaml").exists():
-        write_report(run_dir, title=TITLE)
-    return summary
 
 
 def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import track
 
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
-from finescale.engine.run import METRICS, fit, update_metrics
+from finescale.engine.run import METRICS, fit_and_report, update_metrics
 from finescale.eval.report import Figure, Section, write_report
 from finescale.pipelines.puzzle.config import PuzzleConfig
 from finescale.pipelines.puzzle.data import PuzzleDataModule, load_records
@@ -31,17 +31,15 @@ OVERLAYS = 3  # puzzles drawn with predicted and true boxes in the report
 def train(
     cfg: PuzzleConfig, run_dir: Path, *, resume: bool = False, callbacks: Sequence[Callback] = ()
 ) -> dict[str, Any]:
-    summary = fit(
+    return fit_and_report(
         cfg,
         run_dir,
         build_task=lambda: PuzzleTask(cfg.model_dump(mode="json")),
         datamodule=PuzzleDataModule(cfg),
+        title=TITLE,
         resume=resume,
         callbacks=callbacks,
     )
-    if (run_dir / "config.yaml").exists():
-        write_report(run_dir, title=TITLE)
-    return summary
 
 
 def peak_rss_mb() -> float:
