@@ -21,5 +21,5 @@ PIPELINE = Pipeline(
     bench_metrics=METRICS,
     bench_shared=bench_shared,
     search=SEARCH,
-    demo_size=800,  # three short trainings (two classifiers, the regressor) beside length's in the demo
+    demo_size=600,  # three short trainings (two classifiers, the regressor) beside length's in the demo
 )
