@@ -72,6 +72,9 @@ def test_errors_are_one_line(puzzles: Path, tmp_path: Path):
         check=False,
     )
     assert missing.returncode == 2 and "not found" in missing.stderr
+    no_space = finescale("hpo", "puzzle", "--out", tmp_path / "hpo", check=False)
+    assert no_space.returncode == 2 and "no hyperparameter search space" in no_space.stderr
+    assert not (tmp_path / "hpo").exists()  # refused before writing anything
 
 
 def test_bench_has_learned_and_classical_rows(puzzles: Path, tmp_path: Path):

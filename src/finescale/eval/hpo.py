@@ -152,6 +152,7 @@ def run_hpo(
 ) -> dict[str, Any]:
     """Run trials until the study holds ``n_trials`` finished ones (a rerun continues), ``parallel`` processes at a
     time; writes ``out/hpo.json`` and returns its content."""
+    search = search_space(pipeline)  # fail before any data is written
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{out / 'study.db'}"
@@ -160,7 +161,7 @@ def run_hpo(
     study = optuna.create_study(
         study_name=study_name,
         storage=storage_for(url),
-        direction=search_space(pipeline).direction,
+        direction=search.direction,
         sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=pruner(),
         load_if_exists=True,
