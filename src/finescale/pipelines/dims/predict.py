@@ -40,10 +40,11 @@ class DimsPredictor:
         array = read_image(image) if isinstance(image, str | Path) else np.asarray(image, dtype=np.float32)
         return {"image": prepare_image(array, self.cfg.model.image_size, self.cfg.model.view)[None]}
 
-    def snap(self, arrays: dict[str, np.ndarray], *, force: bool = False) -> dict[str, np.ndarray]:
+    def snap(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``arrays`` with ``length_mm``/``diameter_mm`` snapped to the catalogue sizes of the likely models (when
-        the config's ``snap`` is on, or ``force``), the regressed values kept as ``raw_length_mm``/``raw_...``."""
-        if not (self.cfg.regress.snap or force) or not self.cfg.catalogue:
+        the config's ``snap`` is on), the regressed values kept as ``raw_length_mm``/``raw_diameter_mm``; the same
+        object when nothing is snapped."""
+        if not self.cfg.regress.snap or not self.cfg.catalogue:
             return arrays
         length, diameter = snap_to_catalogue(
             arrays["length_mm"],

@@ -175,11 +175,12 @@ def evaluate(
         data = load_records(manifest)
         arrays = collect_predictions(predictor, data.records, batch_size=cfg.trainer.batch_size)
         seen = training_combinations(train_json or cfg.train_json)
-        metrics = regression_metrics(predictor.snap(arrays), data.records, seen)
-        if cfg.regress.snap and cfg.catalogue:  # the regressor alone, to show what snapping adds
+        snapped = predictor.snap(arrays)
+        metrics = regression_metrics(snapped, data.records, seen)
+        if snapped is not arrays:  # the regressor alone, to show what snapping adds
             raw = regression_metrics(arrays, data.records, seen)
             metrics.update({f"raw_{k}": v for k, v in raw.items() if k.endswith("mae_mm")})
-        arrays = predictor.snap(arrays)
+        arrays = snapped
         figures = regression_figures(arrays, plot_dir) + [_confusion(arrays, "model", cfg.data.models, plot_dir)]
     metrics.update({f"eval_skipped_{k}": v for k, v in data.skipped.items()})
     merged = update_metrics(out, metrics)
