@@ -60,6 +60,10 @@ dims:
   trainer: {epochs: 1, batch_size: 8, accelerator: cpu, progress: false, limit_train_batches: 2}
   model: {image_size: 48}
   regress: {attention_dim: 16, head_dim: 16, mc_samples: 2}
+puzzle:
+  trainer: {epochs: 1, batch_size: 4, accelerator: cpu, progress: false, limit_train_batches: 2}
+  model: {fpn_channels: 16}
+  data: {window: 128, piece_window: 56, piece_pixels: 48}
 """
 
 
@@ -67,10 +71,13 @@ def test_demo_writes_report_and_metrics(tmp_path: Path):
     config = tmp_path / "tiny.yaml"
     config.write_text(DEMO_YAML)
     out = tmp_path / "demo"
-    finescale("demo", "--out", out, "--n", "30", "--config", config, "--tasks", "length,dims")
+    finescale("demo", "--out", out, "--n", "30", "--config", config, "--tasks", "length,dims,puzzle")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["length_mae_mm"] > 0 and metrics["length_n_test"] > 0
     assert metrics["dims_avg_mae_mm"] > 0 and metrics["dims_n_test"] > 0
     report = (out / "report.html").read_text()
     assert "length" in report and "dims" in report
     assert (out / "length" / "report.html").exists() and (out / "dims" / "report.html").exists()
+    assert 0 <= metrics["puzzle_both_accuracy"] <= 1 and "puzzle" in report
+    overlays = list((out / "puzzle" / "plots").glob("overlay_hybrid_*.png"))
+    assert overlays and all(o.name in (out / "puzzle" / "report.html").read_text() for o in overlays)

@@ -1,5 +1,5 @@
-"""``finescale synth puzzles`` -> ``puzzle train`` -> ``eval`` (learned and classical) -> ``predict`` with an overlay
--> ``bench``, end to end through the CLI on a tiny generated set."""
+"""``finescale synth puzzles`` -> ``puzzle train`` -> ``eval`` (hybrid, learned and classical) -> ``predict`` with an
+overlay -> ``bench``, end to end through the CLI on a tiny generated set."""
 
 from __future__ import annotations
 
@@ -37,13 +37,21 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
     assert torch.load(run / "best.ckpt", weights_only=True)["hyper_parameters"]["config"]["pipeline"] == "puzzle"
 
     metrics = json.loads(finescale("puzzle", "eval", "--checkpoint", run, "--json", puzzles / "test.json").stdout)
-    for key in ("puzzle_position_accuracy", "puzzle_rotation_accuracy", "puzzle_both_accuracy"):
+    for key in ("puzzle_position_accuracy", "puzzle_both_accuracy", "puzzle_learned_both_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
+    assert 0.0 <= metrics["puzzle_fallback_rate"] <= 1.0 and metrics["puzzle_learned_ms_per_piece"] > 0
+    # an untrained model proposes poorly, the fallback search still places the easy synthetic pieces
+    assert metrics["puzzle_position_accuracy"] >= 0.5
+    learned = tmp_path / "learned.json"
+    finescale(
+        "puzzle", "eval", "--method", "learned", "--checkpoint", run, "--json", puzzles / "test.json", "--out", learned
+    )
+    assert "puzzle_fallback_rate" not in json.loads(learned.read_text())
     assert metrics["puzzle_ms_per_piece"] > 0 and metrics["n"] == len(json.loads((puzzles / "test.json").read_text()))
     assert (run / "plots" / "correlation_maps.png").exists() and "Correlation maps" in (run / "report.html").read_text()
 
-    classical = tmp_path / "classical" / "metrics.json"
-    finescale("puzzle", "eval", "--method", "classical", "--json", puzzles / "test.json", "--out", classical)
+    classical = tmp_path / "classical" / "metrics.json"  # no --checkpoint: the classical matcher
+    finescale("puzzle", "eval", "--json", puzzles / "test.json", "--out", classical)
     assert json.loads(classical.read_text())["puzzle_position_accuracy"] >= 0.5  # easy synthetic pieces
 
     record = json.loads((puzzles / "test.json").read_text())[0]
@@ -54,12 +62,17 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
     ).stdout.splitlines()  # fmt: skip
     result = json.loads(lines[0])
     assert len(result["box"]) == 4 and result["rotation"] in range(4) and 0 <= result["confidence"] <= 1
+    assert result["method"] == "hybrid" and isinstance(result["fallback"], bool)
+    plain = finescale("puzzle", "predict", "--puzzle", puzzles / record["puzzle"], "--piece", puzzles / record["piece"])
+    assert json.loads(plain.stdout.splitlines()[0])["method"] == "classical"  # no checkpoint: no training needed
     assert overlay.stat().st_size > 1000
 
 
 def test_errors_are_one_line(puzzles: Path, tmp_path: Path):
-    no_checkpoint = finescale("puzzle", "eval", "--json", puzzles / "test.json", check=False)
-    assert no_checkpoint.returncode == 2 and no_checkpoint.stderr.strip().startswith("error: give --checkpoint")
+    no_out = finescale("puzzle", "eval", "--json", puzzles / "test.json", check=False)  # classical by default
+    assert no_out.returncode == 2 and no_out.stderr.strip().startswith("error: the classical matcher")
+    no_checkpoint = finescale("puzzle", "eval", "--method", "hybrid", "--json", puzzles / "test.json", check=False)
+    assert no_checkpoint.returncode == 2 and "needs --checkpoint" in no_checkpoint.stderr
     missing = finescale(
         "puzzle",
         "predict",
@@ -86,5 +99,6 @@ def test_bench_has_learned_and_classical_rows(puzzles: Path, tmp_path: Path):
         "--config", config,
     )  # fmt: skip
     rows = {row["variant"]: row for row in json.loads((out / "bench.json").read_text())["rows"]}
-    assert {"default", "classical"} <= set(rows)
+    assert {"default", "classical", "classical-template"} <= set(rows)
+    assert rows["default"]["puzzle_fallback_rate_mean"] is not None
     assert rows["default"]["seeds"] == [0, 1] and rows["classical"]["puzzle_ms_per_piece_mean"] > 0

@@ -28,7 +28,10 @@ def test_killed_run_finishes_with_resume(implants: Path, tmp_path: Path):
     proc.kill()
     proc.wait()
     assert (run / "last.ckpt").exists(), "training never wrote last.ckpt"
-    step_at_kill = torch.load(run / "last.ckpt", weights_only=True)["global_step"]
+    killed = torch.load(run / "last.ckpt", weights_only=True)
+    step_at_kill = killed["global_step"]
+    seconds_at_kill = killed["callbacks"]["TrainingClock"]["seconds"]
+    assert seconds_at_kill > 0
 
     refused = finescale(*args, check=False)  # without --resume the run directory is protected
     assert refused.returncode == 2 and "--resume" in refused.stderr
@@ -38,3 +41,4 @@ def test_killed_run_finishes_with_resume(implants: Path, tmp_path: Path):
     assert final["epoch"] == 3 and final["global_step"] > step_at_kill
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_trained"] == 4
+    assert metrics["train_seconds"] > seconds_at_kill  # the time before the kill counts too

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from finescale.config import RunConfig, save_config
 from finescale.data.manifest import Manifest
+from finescale.engine.callbacks import TrainingClock
 from finescale.engine.trainer import LAST, build_trainer, seed_everything
 from finescale.errors import FinescaleError
 from finescale.serialize import read_json, write_json
@@ -67,12 +67,14 @@ def fit(
     ckpt = check_run_dir(run_dir, resume=resume)
     seed_everything(cfg.trainer.seed, deterministic=cfg.trainer.deterministic)
     task = build_task()
-    trainer = build_trainer(cfg.trainer, run_dir, monitor=task.monitor, mode=task.monitor_mode, callbacks=callbacks)
+    clock = TrainingClock()
+    trainer = build_trainer(
+        cfg.trainer, run_dir, monitor=task.monitor, mode=task.monitor_mode, callbacks=[*callbacks, clock]
+    )
     if trainer.is_global_zero:
         save_config(cfg, run_dir / CONFIG)
-    start = time.perf_counter()
     trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-    seconds = time.perf_counter() - start
+    seconds = clock.seconds  # includes the attempts before a --resume
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     summary: dict[str, Any] = {
         "train_seconds": round(seconds, 2),

@@ -13,7 +13,7 @@ from finescale.errors import FinescaleError
 PIPELINE_NAMES: tuple[str, ...] = ("length", "dims", "puzzle")
 # Pipelines that `finescale demo` runs by default. puzzle is left out until its learned default is worth showing
 # (see the README); `finescale demo --tasks puzzle` runs it.
-DEMO_TASKS: tuple[str, ...] = ("length", "dims")
+DEMO_TASKS: tuple[str, ...] = ("length", "dims", "puzzle")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,12 @@
 * ``default``: finescale's default (dense correlation of the piece's feature map as classification over positions,
   rotation by matching the 4 quarter turns, piece and puzzle at one pixel scale), and the default with separate
   backbones, with the seed's fixed 512 puzzle, and with the seed's rotation classifier;
-* ``classical`` (an extra row, no training): SIFT + RANSAC, else masked template matching.
+* ``classical`` and ``classical-template`` (extra rows, no training): SIFT + RANSAC, else masked template matching;
+  and template matching only.
+
+Every trained row is evaluated with the default method, ``hybrid`` (the model's proposals verified by template
+matching, the classical search as fallback); ``puzzle_learned_*`` are the same model's placements on its own, and
+``puzzle_fallback_rate`` the share of pieces whose proposals failed verification.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ METRICS = (
     "puzzle_both_accuracy",
     "puzzle_position_accuracy",
     "puzzle_rotation_accuracy",
-    "puzzle_mean_iou",
     "puzzle_ms_per_piece",
+    "puzzle_learned_both_accuracy",
+    "puzzle_learned_ms_per_piece",
+    "puzzle_fallback_rate",
 )
 SEED = {"head": "regression", "rotation": "head", "scale_mode": "fixed", "piece_size": 224}
 

@@ -139,8 +139,50 @@ def _peaks(res: np.ndarray, count: int, radius: int) -> list[tuple[float, int, i
     return out
 
 
+def _window(
+    image_hw: tuple[int, int], template_hw: tuple[int, int], cx: float, cy: float, pad: int
+) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the search window around a template of ``template_hw`` centred at (cx, cy), ``pad``
+    pixels larger on every side and shifted, not shrunk, at the image border; None when the template cannot fit."""
+    (height, width), (th, tw) = image_hw, template_hw
+    x0, y0 = max(int(round(cx - tw / 2.0)) - pad, 0), max(int(round(cy - th / 2.0)) - pad, 0)
+    x1, y1 = min(x0 + tw + 2 * pad, width), min(y0 + th + 2 * pad, height)
+    x0, y0 = max(min(x0, x1 - tw), 0), max(min(y0, y1 - th), 0)
+    return None if x1 - x0 < tw or y1 - y0 < th else (x0, y0, x1, y1)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A place to verify: correlation ``score``, quarter turns ``rotation``, centre (``x``, ``y``) in puzzle pixels."""
+
+    score: float
+    rotation: int
+    x: float
+    y: float
+
+
 @dataclass
-class _PuzzleIndex:
+class PreparedPiece:
+    """A piece photo ready for matching: straightened and blurred RGB float32, its eroded mask, grey copy, and the
+    reduction ``factor`` of its coarse search (a template of at least about 16 px)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    grey: np.ndarray
+    factor: int
+
+    def template(self, source: np.ndarray, k: int, zoom: float) -> tuple[np.ndarray, np.ndarray]:
+        """``source`` (``image`` or ``grey``) turned back by ``k`` quarter turns and resized by ``zoom``, with its
+        mask (float32 0/1)."""
+        t_img, t_mask = np.rot90(source, -k), np.rot90(self.mask, -k)
+        size = (max(round(t_img.shape[1] * zoom), 4), max(round(t_img.shape[0] * zoom), 4))
+        t = cv2.resize(np.ascontiguousarray(t_img), size, interpolation=cv2.INTER_AREA)
+        tm = cv2.resize(np.ascontiguousarray(t_mask), size, interpolation=cv2.INTER_AREA)
+        return t, (tm > 0.5).astype(np.float32)
+
+
+@dataclass
+class PuzzleIndex:
     """What one puzzle costs once: float32 copies at reduced scales, and SIFT features (built on first use)."""
 
     image: np.ndarray  # uint8 RGB (H, W, 3)
@@ -185,7 +227,7 @@ class ClassicalMatcher:
         self.blur = float(blur)
         self.sift_tile = sift_tile
         self.cache_size = cache_size
-        self._cache: OrderedDict[Hashable, _PuzzleIndex] = OrderedDict()
+        self._cache: OrderedDict[Hashable, PuzzleIndex] = OrderedDict()
         self._sift = cv2.SIFT_create()
         self._matcher = cv2.BFMatcher(cv2.NORM_L2)
 
@@ -203,7 +245,7 @@ class ClassicalMatcher:
         turn), ``"rotation": k`` (piece photo = ``np.rot90(region, k)``), ``"confidence"`` (SIFT: inlier ratio;
         template: correlation peak; in [0, 1]) and ``"method": "sift" | "template"}``.
         """
-        index = self._index(as_rgb_uint8(puzzle), key)
+        index = self.index_of(as_rgb_uint8(puzzle), key)
         piece = as_rgb_uint8(piece)
         mask = estimate_piece_mask(piece)
         if mask.sum() < 16:  # nothing stands out from the table: use the whole photo
@@ -217,18 +259,19 @@ class ClassicalMatcher:
         key = self.fingerprint(puzzle)
         return [self.match(puzzle, piece, key=key) for piece in pieces]
 
-    def _index(self, puzzle: np.ndarray, key: Hashable | None) -> _PuzzleIndex:
+    def index_of(self, puzzle: np.ndarray, key: Hashable | None = None) -> PuzzleIndex:
+        """The cached per-puzzle data of ``puzzle`` (uint8 RGB), built on first use."""
         key = self.fingerprint(puzzle) if key is None else key
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        index = _PuzzleIndex(np.ascontiguousarray(puzzle))
+        index = PuzzleIndex(np.ascontiguousarray(puzzle))
         self._cache[key] = index
         while len(self._cache) > max(self.cache_size, 1):
             self._cache.popitem(last=False)
         return index
 
-    def _sift_features(self, index: _PuzzleIndex) -> None:
+    def _sift_features(self, index: PuzzleIndex) -> None:
         """Detect SIFT on the puzzle tile by tile (bounded memory), keeping each keypoint only in its home tile."""
         if index.points is not None:
             return
@@ -248,7 +291,7 @@ class ClassicalMatcher:
                 descriptors.append(desc[home])
         index.points, index.descriptors = np.concatenate(points), np.concatenate(descriptors)
 
-    def _match_sift(self, index: _PuzzleIndex, photo: np.ndarray, mask: np.ndarray) -> dict | None:
+    def _match_sift(self, index: PuzzleIndex, photo: np.ndarray, mask: np.ndarray) -> dict | None:
         """Similarity transform piece -> puzzle from ratio-tested SIFT matches and RANSAC; None when unreliable."""
         self._sift_features(index)
         if len(index.descriptors) < 2:
@@ -280,7 +323,7 @@ class ClassicalMatcher:
         box = [float(x1), float(y1), float(x2), float(y2)]
         return {"box": box, "rotation": k, "confidence": n_in / len(good), "method": "sift"}
 
-    def _reduced(self, index: _PuzzleIndex, factor: int) -> np.ndarray:
+    def _reduced(self, index: PuzzleIndex, factor: int) -> np.ndarray:
         """The puzzle in grey, reduced by ``factor`` (area averaging), float32; cached on the index."""
         if factor not in index.reduced:
             h, w = index.image.shape[:2]
@@ -289,55 +332,106 @@ class ClassicalMatcher:
             index.reduced[factor] = cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.float32)
         return index.reduced[factor]
 
-    def _match_template(self, index: _PuzzleIndex, photo: np.ndarray, mask: np.ndarray) -> dict:
-        """Masked correlation of the straightened piece: a grey search on the reduced puzzle over the 4 turns x
-        ``coarse_scales``, then a colour refinement over the 4 turns' best candidates x ``scales`` in small
-        full-resolution windows."""
+    def prepare(self, photo: np.ndarray, mask: np.ndarray | None = None) -> PreparedPiece:
+        """The piece ready for template matching: separated from the table (``mask``, estimated when None),
+        straightened, blurred like the puzzle windows it is compared with."""
+        photo = as_rgb_uint8(photo)
+        mask = estimate_piece_mask(photo) if mask is None else mask
+        if mask.sum() < 16:  # nothing stands out from the table: use the whole photo
+            mask = np.ones(photo.shape[:2], bool)
         img, m = straighten(photo.astype(np.float32), mask, skew_angle(mask))
         img = cv2.GaussianBlur(img, (0, 0), self.blur)
         inner = cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3).astype(np.float32)
         if inner.sum() < 16:
             inner = m.astype(np.float32)
-        height, width = index.image.shape[:2]
         factor = int(np.clip(min(img.shape[:2]) // 16, 1, self.coarse_factor))
+        return PreparedPiece(img, inner, cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), factor)
+
+    def coarse_candidates(self, index: PuzzleIndex, piece: PreparedPiece) -> list[Candidate]:
+        """Best places of the piece on the whole puzzle: grey masked correlation on the puzzle reduced by the
+        piece's coarse factor, over the 4 turns x ``coarse_scales``; the ``candidates`` best, highest first."""
+        factor = piece.factor
         reduced = self._reduced(index, factor)
-        grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-
-        def template(source: np.ndarray, k: int, f: float, level: int) -> tuple[np.ndarray, np.ndarray]:
-            t_img, t_mask = np.rot90(source, -k), np.rot90(inner, -k)
-            size = (max(round(t_img.shape[1] * f / level), 4), max(round(t_img.shape[0] * f / level), 4))
-            t = cv2.resize(np.ascontiguousarray(t_img), size, interpolation=cv2.INTER_AREA)
-            tm = cv2.resize(np.ascontiguousarray(t_mask), size, interpolation=cv2.INTER_AREA)
-            return t, (tm > 0.5).astype(np.float32)
-
-        candidates = []  # (score, k, centre x, centre y) in full-resolution pixels
+        found = []
         for k in range(4):
             for f in self.coarse_scales:
-                t, tm = template(grey, k, f, factor)
+                t, tm = piece.template(piece.grey, k, f / factor)
                 th, tw = t.shape[:2]
                 if th > reduced.shape[0] or tw > reduced.shape[1] or tm.sum() < 4:
                     continue
                 res = sanitize_scores(cv2.matchTemplate(reduced, t, cv2.TM_CCOEFF_NORMED, mask=tm))
                 for score, x, y in _peaks(res, 2, max(th, tw) // 2):
-                    candidates.append((score, k, (x + tw / 2.0) * factor, (y + th / 2.0) * factor))
-        candidates.sort(key=lambda c: -c[0])
-        best = (-1.0, 0, 0.0, 0.0, float(width), float(height))  # score, k, x1, y1, x2, y2
-        pad = 2 * factor + 3
-        for _, k, cx, cy in candidates[: self.candidates]:
-            for f in self.scales:
-                t, tm = template(img, k, f, 1)
+                    found.append(Candidate(score, k, (x + tw / 2.0) * factor, (y + th / 2.0) * factor))
+        found.sort(key=lambda c: -c.score)
+        return found[: self.candidates]
+
+    def check_places(
+        self, index: PuzzleIndex, piece: PreparedPiece, places: Sequence[Candidate], pad: float
+    ) -> list[Candidate]:
+        """Cheap verification of proposed places: grey masked correlation on the reduced puzzle (the coarse search's
+        resolution), each at its own turn, in a window ``pad`` puzzle pixels larger than the piece; returns the
+        places re-scored and re-centred on their best match, highest first, at most ``candidates`` of them."""
+        factor = piece.factor
+        reduced = self._reduced(index, factor)
+        margin = int(np.ceil(pad / factor)) + 1
+        checked = []
+        for place in places:
+            for f in self.coarse_scales:
+                t, tm = piece.template(piece.grey, place.rotation, f / factor)
                 th, tw = t.shape[:2]
-                x0, y0 = max(int(round(cx - tw / 2.0)) - pad, 0), max(int(round(cy - th / 2.0)) - pad, 0)
-                x1, y1 = min(x0 + tw + 2 * pad, width), min(y0 + th + 2 * pad, height)
-                if x1 - x0 < tw or y1 - y0 < th:
+                found = self._best_in_window(reduced, t, tm, place.x / factor, place.y / factor, margin)
+                if found is not None:
+                    score, x, y = found
+                    checked.append(Candidate(score, place.rotation, (x + tw / 2.0) * factor, (y + th / 2.0) * factor))
+        checked.sort(key=lambda c: -c.score)
+        return checked[: self.candidates]
+
+    @staticmethod
+    def _best_in_window(
+        image: np.ndarray, t: np.ndarray, tm: np.ndarray, cx: float, cy: float, pad: int
+    ) -> tuple[float, float, float] | None:
+        """Best masked correlation (score, x, y of the top-left corner in ``image``) of template ``t`` in the window
+        of ``image`` that extends ``pad`` pixels around the template centred at (cx, cy); None when it does not fit.
+        """
+        bounds = _window(image.shape[:2], t.shape[:2], cx, cy, pad)
+        if bounds is None or tm.sum() < 4:
+            return None
+        x0, y0, x1, y1 = bounds
+        res = sanitize_scores(cv2.matchTemplate(image[y0:y1, x0:x1], t, cv2.TM_CCOEFF_NORMED, mask=tm))
+        _, score, _, (px, py) = cv2.minMaxLoc(res)
+        return float(score), float(x0 + px), float(y0 + py)
+
+    def refine(
+        self, index: PuzzleIndex, piece: PreparedPiece, candidates: Sequence[Candidate], pad: int | None = None
+    ) -> dict:
+        """Verify each candidate (turn k, centre in puzzle pixels) by colour masked correlation at full resolution
+        over ``scales``, in a window ``pad`` pixels larger than the piece on every side (default: what the coarse
+        search's grid leaves uncertain); the best-scoring placement wins."""
+        height, width = index.image.shape[:2]
+        pad = 2 * piece.factor + 3 if pad is None else int(pad)
+        best = (-1.0, 0, 0.0, 0.0, float(width), float(height))  # score, k, x1, y1, x2, y2
+        e = int(3 * self.blur) + 1  # blur a slightly larger window so its edges are clean
+        for c in candidates:
+            for f in self.scales:
+                t, tm = piece.template(piece.image, c.rotation, f)
+                th, tw = t.shape[:2]
+                bounds = _window((height, width), (th, tw), c.x, c.y, pad)
+                if bounds is None:
                     continue
-                e = int(3 * self.blur) + 1  # blur a slightly larger window so its edges are clean
+                x0, y0, x1, y1 = bounds
                 bx0, by0 = max(x0 - e, 0), max(y0 - e, 0)
                 window = cv2.GaussianBlur(index.image[by0 : y1 + e, bx0 : x1 + e].astype(np.float32), (0, 0), self.blur)
                 window = window[y0 - by0 : y1 - by0, x0 - bx0 : x1 - bx0]
                 res = sanitize_scores(cv2.matchTemplate(window, t, cv2.TM_CCOEFF_NORMED, mask=tm))
                 _, score, _, (px, py) = cv2.minMaxLoc(res)
                 if score > best[0]:
-                    best = (score, k, float(x0 + px), float(y0 + py), float(x0 + px + tw), float(y0 + py + th))
+                    best = (score, c.rotation, float(x0 + px), float(y0 + py), float(x0 + px + tw), float(y0 + py + th))
         score, k, *box = best
         return {"box": box, "rotation": k, "confidence": float(np.clip(score, 0.0, 1.0)), "method": "template"}
+
+    def _match_template(self, index: PuzzleIndex, photo: np.ndarray, mask: np.ndarray) -> dict:
+        """Masked correlation of the straightened piece: a grey search on the reduced puzzle over the 4 turns x
+        ``coarse_scales``, then a colour refinement over the best candidates x ``scales`` in small full-resolution
+        windows."""
+        piece = self.prepare(photo, mask)
+        return self.refine(index, piece, self.coarse_candidates(index, piece))

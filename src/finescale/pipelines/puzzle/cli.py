@@ -1,5 +1,7 @@
-"""``finescale puzzle train|eval|predict``. ``eval`` and ``predict`` take ``--method classical`` for the
-training-free matcher (no checkpoint needed); ``predict`` takes one puzzle and any number of pieces."""
+"""``finescale puzzle train|eval|predict``. ``eval`` and ``predict`` place pieces by ``--method classical`` (the
+training-free matcher: the default without a checkpoint, and the measured winner), ``hybrid`` (the default with a
+``--checkpoint``: the trained model proposes, the classical matcher verifies and falls back to its own search) or
+``learned`` (the model alone); ``predict`` takes one puzzle and any number of pieces."""
 
 from __future__ import annotations
 
@@ -15,23 +17,36 @@ from finescale.pipelines.puzzle.config import PuzzleConfig
 from finescale.serialize import to_jsonable
 
 SUMMARY = "Find a photographed jigsaw piece in the whole puzzle picture, with its rotation (FPN correlation)."
-METHODS = ("learned", "classical")
 
 app = pipeline_app("puzzle", PuzzleConfig, SUMMARY, verbs=("train",))
 
 Method = Annotated[
-    str, typer.Option("--method", help="learned (a trained --checkpoint) or classical (SIFT / template matching)")
+    str | None,
+    typer.Option(
+        "--method",
+        help="classical (SIFT / template matching, no training; the default without --checkpoint), hybrid (learned"
+        " proposals verified by template matching; the default with --checkpoint) or learned (the model alone)",
+    ),
 ]
 OptionalCheckpoint = Annotated[
-    Path | None, typer.Option("--checkpoint", help="checkpoint file or run directory (method learned)")
+    Path | None, typer.Option("--checkpoint", help="checkpoint file or run directory (methods hybrid, learned)")
 ]
 
 
-def _check(method: str, checkpoint: Path | None) -> None:
+def _resolve(method: str | None, checkpoint: Path | None) -> str:
+    """The method to run: as given, else hybrid with a checkpoint and classical without; refused if it needs a
+    checkpoint that is missing."""
+    from finescale.pipelines.puzzle.workflow import METHODS
+
+    if method is None:
+        return "hybrid" if checkpoint is not None else "classical"
     if method not in METHODS:
         raise FinescaleError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if method == "learned" and checkpoint is None:
-        raise FinescaleError("give --checkpoint (or --method classical, which needs no training)")
+    if method != "classical" and checkpoint is None:
+        raise FinescaleError(
+            f"--method {method} needs --checkpoint (or use --method classical, which needs no training)"
+        )
+    return method
 
 
 @app.command("eval")
@@ -39,12 +54,14 @@ def evaluate(
     json_path: Annotated[Path, typer.Option("--json", help="manifest to evaluate on")],
     checkpoint: OptionalCheckpoint = None,
     out: Annotated[Path | None, typer.Option("--out", help="metrics file (default: RUN/metrics.json)")] = None,
-    method: Method = "learned",
+    method: Method = None,
 ) -> None:
     """Place every piece of the manifest in its whole puzzle; metrics, overlays and the report."""
-    _check(method, checkpoint)
+    method = _resolve(method, checkpoint)
     if method == "classical" and out is None:
-        raise FinescaleError("--method classical has no run directory: give --out FILE.json")
+        raise FinescaleError(
+            "the classical matcher (the default without --checkpoint) has no run directory: give --out FILE.json"
+        )
     from finescale.pipelines.puzzle.workflow import evaluate as run
 
     typer.echo(json.dumps(to_jsonable(run(checkpoint, json_path, out, method=method))))
@@ -58,16 +75,15 @@ def predict(
     overlay: Annotated[
         Path | None, typer.Option("--overlay", help="PNG of the boxes on the puzzle (default: <puzzle>_overlay.png)")
     ] = None,
-    method: Method = "learned",
+    method: Method = None,
 ) -> None:
     """One JSON line per piece: box in puzzle pixels, rotation (quarter turns), confidence; writes the overlay."""
-    _check(method, checkpoint)
-    from finescale.engine.checkpoints import load_predictor
-    from finescale.pipelines.puzzle.predict import ClassicalPredictor
+    method = _resolve(method, checkpoint)
+    from finescale.pipelines.puzzle.workflow import make_predictor
 
     if not puzzle.exists():
         raise FinescaleError(f"puzzle picture {puzzle} not found")
-    predictor = ClassicalPredictor() if method == "classical" else load_predictor(checkpoint)
+    predictor = make_predictor(method, checkpoint)
     overlay = overlay or puzzle.with_name(f"{puzzle.stem}_overlay.png")
     for line in predictor.predict(puzzle, expand_inputs(piece), overlay=overlay):
         typer.echo(json.dumps(to_jsonable(line)))

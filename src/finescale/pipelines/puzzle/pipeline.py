@@ -3,7 +3,7 @@
 from finescale.pipelines import Pipeline
 from finescale.pipelines.puzzle.bench import METRICS, bench_variants
 from finescale.pipelines.puzzle.config import PuzzleConfig
-from finescale.pipelines.puzzle.predict import PuzzlePredictor
+from finescale.pipelines.puzzle.predict import HybridPredictor
 from finescale.pipelines.puzzle.task import PuzzleTask
 from finescale.pipelines.puzzle.workflow import classical_baseline, evaluate, train
 from finescale.synth.puzzles import generate_puzzles
@@ -12,7 +12,7 @@ PIPELINE = Pipeline(
     name="puzzle",
     config_class=PuzzleConfig,
     task_class=PuzzleTask,
-    predictor_class=PuzzlePredictor,
+    predictor_class=HybridPredictor,
     train=train,
     evaluate=evaluate,
     synth=generate_puzzles,

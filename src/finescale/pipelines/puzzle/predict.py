@@ -7,6 +7,7 @@ the dicts the CLI prints, one per piece, and can write an overlay PNG of the box
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from finescale.data.images import read_image, to_uint8
-from finescale.pipelines.puzzle.classical import ClassicalMatcher
+from finescale.pipelines.puzzle.classical import ClassicalMatcher, PuzzleIndex, as_rgb_uint8
 from finescale.pipelines.puzzle.search import locate
 
 PRED_COLOUR, TRUE_COLOUR = (255, 40, 40), (40, 220, 40)
@@ -66,8 +67,84 @@ class ClassicalPredictor:
         return predict_files(self, puzzle, pieces, overlay=overlay)
 
 
+class HybridPredictor:
+    """The default: the trained locator proposes, the classical matcher verifies.
+
+    The model scores every piece against the puzzle encoded once and proposes its ``proposals`` best (turn,
+    position) places; each is verified by masked colour correlation at full resolution in a small window (the
+    classical matcher's refinement), and the best-verified placement wins. A piece whose best verified correlation
+    stays under ``accept`` also gets the classical coarse search over the whole puzzle (the fallback), so a poor
+    proposal costs time, not accuracy. ``stage_seconds`` accumulates the time of the learned and the verification
+    stages; each result says whether it fell back and what the model alone predicted.
+    """
+
+    method = "hybrid"
+
+    def __init__(
+        self,
+        task: Any,
+        *,
+        proposals: int = 8,
+        refine_top: int = 2,
+        accept: float = 0.9,
+        matcher: ClassicalMatcher | None = None,
+    ) -> None:
+        if proposals < 1:
+            raise ValueError(f"proposals must be at least 1, got {proposals}")
+        self.cfg = task.cfg
+        self.model = task.model.eval()
+        self.proposals = proposals
+        self.accept = accept
+        self.refine_top = refine_top
+        self.matcher = matcher or ClassicalMatcher(method="template")
+        self.stage_seconds = {"learned": 0.0, "verify": 0.0}
+
+    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            learned = locate(self.model, puzzle, list(pieces), self.cfg, proposals=self.proposals)
+        middle = time.perf_counter()
+        index = self.matcher.index_of(as_rgb_uint8(puzzle))
+        results = [
+            verify_guess(self.matcher, index, piece, guess, accept=self.accept, refine_top=self.refine_top)
+            for piece, guess in zip(pieces, learned, strict=True)
+        ]
+        self.stage_seconds["learned"] += middle - start
+        self.stage_seconds["verify"] += time.perf_counter() - middle
+        return results
+
+    def predict(
+        self, puzzle: str | Path, pieces: Sequence[str | Path], *, overlay: str | Path | None = None
+    ) -> list[dict]:
+        return predict_files(self, puzzle, pieces, overlay=overlay)
+
+
+def verify_guess(
+    matcher: ClassicalMatcher, index: PuzzleIndex, photo: np.ndarray, guess: dict, *, accept: float, refine_top: int
+) -> dict:
+    """One piece through the hybrid's verification: the model's ``guess`` (its ``proposals``, ``cell_px``, ``box``
+    and ``rotation``) checked by ``matcher`` on the puzzle ``index``; the classical search runs too when the best
+    verified correlation is under ``accept``. Returns ``{"box", "rotation", "confidence", "fallback", "learned"}``."""
+    piece = matcher.prepare(photo)
+    # a proposal is a score cell's centre: the true centre lies within about one cell of it
+    pad = int(np.ceil(1.5 * guess["cell_px"])) + 3
+    checked = matcher.check_places(index, piece, guess["proposals"], pad=pad)
+    found = matcher.refine(index, piece, checked[:refine_top])
+    fallback = found["confidence"] < accept
+    if fallback:
+        searched = matcher.refine(index, piece, matcher.coarse_candidates(index, piece))
+        found = max(found, searched, key=lambda r: r["confidence"])
+    return {
+        "box": found["box"],
+        "rotation": int(found["rotation"]),
+        "confidence": float(found["confidence"]),
+        "fallback": fallback,
+        "learned": {"box": guess["box"], "rotation": guess["rotation"]},
+    }
+
+
 def predict_files(
-    predictor: PuzzlePredictor | ClassicalPredictor,
+    predictor: PuzzlePredictor | ClassicalPredictor | HybridPredictor,
     puzzle: str | Path,
     pieces: Sequence[str | Path],
     *,
@@ -85,6 +162,7 @@ def predict_files(
             "rotation_deg": 90 * int(r["rotation"]),
             "confidence": round(float(r["confidence"]), 4),
             "method": predictor.method,
+            **({"fallback": bool(r["fallback"])} if "fallback" in r else {}),
         }
         for path, r in zip(pieces, results, strict=True)
     ]

@@ -10,7 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from finescale.pipelines.puzzle.classical import Candidate
 from finescale.pipelines.puzzle.config import PuzzleConfig, PuzzleDataConfig
 from finescale.pipelines.puzzle.data import fit_square, piece_scale, piece_side, puzzle_scale, rescale, to_tensor
 from finescale.pipelines.puzzle.model import PuzzleLocator
@@ -75,13 +77,17 @@ def locate(
     puzzle_rgb: np.ndarray,
     pieces: Sequence[np.ndarray],
     cfg: PuzzleConfig | PuzzleDataConfig,
+    *,
+    proposals: int = 0,
 ) -> list[dict]:
     """Find each piece in the whole puzzle.
 
     ``puzzle_rgb`` (H, W, 3) and each piece photo (h, w, 3), uint8 or float in [0, 1]. The scale follows the
     training rule (``puzzle.data``): in piece mode the puzzle is rescaled by ``piece_pixels`` / the median longer
     side of the piece photos, every piece by the same factor. Returns per piece ``{"box": [x1, y1, x2, y2]`` in
-    original puzzle pixels, ``"rotation": k`` (the photo shows ``np.rot90(puzzle[box], k)``), ``"confidence"``}.
+    original puzzle pixels, ``"rotation": k`` (the photo shows ``np.rot90(puzzle[box], k)``), ``"confidence"``}; with
+    ``proposals`` > 0 also ``"proposals"``: that many :class:`Candidate` places (the highest local maxima of the
+    score over turn x position, best first) and ``"cell_px"``, the size of one score cell in puzzle pixels.
     """
     cfg = getattr(cfg, "data", cfg)
     if not pieces:
@@ -106,6 +112,40 @@ def locate(
         boxes = pred["box"].float().cpu() * to_pixels
         boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        for box, rotation, confidence in zip(boxes, pred["rotation"], pred["confidence"], strict=True):
-            results.append({"box": [float(v) for v in box], "rotation": int(rotation), "confidence": float(confidence)})
+        places = top_places(model, scores, pred, boxes, proposals, model.stride / factor) if proposals else None
+        for i, (box, rotation, confidence) in enumerate(zip(boxes, pred["rotation"], pred["confidence"], strict=True)):
+            result = {"box": [float(v) for v in box], "rotation": int(rotation), "confidence": float(confidence)}
+            if places is not None:
+                result.update(proposals=places[i], cell_px=model.stride / factor)
+            results.append(result)
     return results
+
+
+def top_places(
+    model: PuzzleLocator, scores: dict, pred: dict, boxes: torch.Tensor, count: int, cell_px: float
+) -> list[list[Candidate]]:
+    """Per piece the ``count`` highest local maxima (3 x 3) of the dense head's logits over turn x position, as
+    :class:`Candidate` centres in puzzle pixels. Heads without a dense map propose their box centre at each turn,
+    the predicted one first."""
+    if not model.dense:
+        out = []
+        for box, rotation in zip(boxes.tolist(), pred["rotation"].tolist(), strict=True):
+            cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            turns = [rotation] + [k for k in range(4) if k != rotation]
+            out.append([Candidate(float(4 - i), k, cx, cy) for i, k in enumerate(turns[:count])])
+        return out
+    logits = scores["logits"].float()  # (B, K, H, W)
+    b, k, h, w = logits.shape
+    peaks = logits == F.max_pool2d(logits.view(b * k, 1, h, w), 3, stride=1, padding=1).view(b, k, h, w)
+    ranked = torch.where(peaks, logits, torch.full_like(logits, float("-inf"))).flatten(1)
+    values, flat = ranked.topk(min(count, ranked.shape[1]), dim=1)
+    out = []
+    for row, (vals, idx) in enumerate(zip(values.tolist(), flat.tolist(), strict=True)):
+        places = []
+        for value, i in zip(vals, idx, strict=True):
+            if value == float("-inf"):
+                break
+            turn = i // (h * w) if model.match_rotations else int(pred["rotation"][row])
+            places.append(Candidate(value, turn, (i % w + 0.5) * cell_px, (i // w % h + 0.5) * cell_px))
+        out.append(places)
+    return out

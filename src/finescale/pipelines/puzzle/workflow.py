@@ -17,11 +17,18 @@ from rich.progress import track
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
 from finescale.engine.run import METRICS, fit_and_report, update_metrics
 from finescale.eval.report import Figure, Section, write_report
+from finescale.pipelines.puzzle.classical import ClassicalMatcher
 from finescale.pipelines.puzzle.config import PuzzleConfig
 from finescale.pipelines.puzzle.data import PuzzleDataModule, load_records
 from finescale.pipelines.puzzle.metrics import placement_metrics
 from finescale.pipelines.puzzle.plots import plot_correlation_maps
-from finescale.pipelines.puzzle.predict import ClassicalPredictor, PuzzlePredictor, read_rgb, write_overlay
+from finescale.pipelines.puzzle.predict import (
+    ClassicalPredictor,
+    HybridPredictor,
+    PuzzlePredictor,
+    read_rgb,
+    write_overlay,
+)
 from finescale.pipelines.puzzle.task import PuzzleTask
 
 TITLE = "finescale puzzle: where a photographed piece sits in the puzzle, and its rotation"
@@ -48,7 +55,24 @@ def peak_rss_mb() -> float:
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
-def place_records(predictor: PuzzlePredictor | ClassicalPredictor, records: Sequence[dict]) -> dict[str, Any]:
+Predictor = PuzzlePredictor | ClassicalPredictor | HybridPredictor
+METHODS = ("hybrid", "learned", "classical")
+
+
+def make_predictor(method: str, checkpoint: str | Path | None) -> Predictor:
+    """The placing method by name: ``hybrid`` (default: learned proposals, classical verification), ``learned``
+    (the model alone) or ``classical`` (no training, no checkpoint)."""
+    if method == "classical":
+        return ClassicalPredictor()
+    task = load_task(resolve_checkpoint(checkpoint))
+    if method == "hybrid":
+        return HybridPredictor(task)
+    if method == "learned":
+        return PuzzlePredictor(task)
+    raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+
+
+def place_records(predictor: Predictor, records: Sequence[dict]) -> dict[str, Any]:
     """Run ``predictor`` puzzle by puzzle (each puzzle decoded and encoded once for all its pieces); returns the
     predictions in record order and the seconds spent locating (image decoding excluded)."""
     by_puzzle: dict[str, list[int]] = {}
@@ -70,18 +94,27 @@ def place_records(predictor: PuzzlePredictor | ClassicalPredictor, records: Sequ
         seconds += time.perf_counter() - start
         for i, result in zip(indices, found, strict=True):
             predictions[i] = result
-    return {"predictions": predictions, "seconds": seconds, "puzzles": list(by_puzzle)}
+    stages = dict(getattr(predictor, "stage_seconds", {}))
+    return {"predictions": predictions, "seconds": seconds, "puzzles": list(by_puzzle), "stage_seconds": stages}
 
 
 def score_placements(records: Sequence[dict], placed: dict[str, Any]) -> dict[str, Any]:
+    """Placement metrics and ms per piece; for the hybrid also the model alone (``puzzle_learned_*``), the share of
+    pieces that fell back to the classical search and the learned stage's ms per piece."""
     predictions = placed["predictions"]
+    true_boxes, true_turns = [r["box"] for r in records], [r["rotation"] for r in records]
     metrics = placement_metrics(
-        [p["box"] for p in predictions],
-        [r["box"] for r in records],
-        [p["rotation"] for p in predictions],
-        [r["rotation"] for r in records],
+        [p["box"] for p in predictions], true_boxes, [p["rotation"] for p in predictions], true_turns
     )
-    metrics["puzzle_ms_per_piece"] = 1000 * placed["seconds"] / max(1, len(records))
+    n = max(1, len(records))
+    metrics["puzzle_ms_per_piece"] = 1000 * placed["seconds"] / n
+    if predictions and "learned" in predictions[0]:
+        learned = [p["learned"] for p in predictions]
+        alone = placement_metrics([p["box"] for p in learned], true_boxes, [p["rotation"] for p in learned], true_turns)
+        metrics.update({k.replace("puzzle_", "puzzle_learned_"): v for k, v in alone.items()})
+        metrics["puzzle_fallback_rate"] = sum(bool(p["fallback"]) for p in predictions) / n
+    for stage, seconds in placed.get("stage_seconds", {}).items():
+        metrics[f"puzzle_{stage}_ms_per_piece"] = 1000 * seconds / n
     metrics["n"] = len(records)
     metrics["n_puzzles"] = len(placed["puzzles"])
     return metrics
@@ -109,20 +142,15 @@ def evaluate(
     manifest: str | Path,
     out: str | Path | None = None,
     *,
-    method: str = "learned",
+    method: str = "hybrid",
 ) -> dict[str, Any]:
-    """Place every piece of ``manifest`` in its whole puzzle with the checkpoint's model (or, ``method=classical``,
-    the training-free matcher, which needs no checkpoint); metrics merged into ``out`` (default: the run's
-    metrics.json), with overlays, correlation maps and the report beside it."""
-    if method == "classical":
-        predictor: PuzzlePredictor | ClassicalPredictor = ClassicalPredictor()
-        if out is None:
-            raise ValueError("the classical matcher has no run directory: give --out")
-        out = Path(out)
-    else:
-        ckpt = resolve_checkpoint(checkpoint)
-        out = Path(out) if out else ckpt.parent / METRICS
-        predictor = PuzzlePredictor(load_task(ckpt))
+    """Place every piece of ``manifest`` in its whole puzzle by ``method`` (:func:`make_predictor`; ``classical``
+    needs no checkpoint but an ``out``); metrics merged into ``out`` (default: the run's metrics.json), with
+    overlays, correlation maps and the report beside it."""
+    if method == "classical" and out is None:
+        raise ValueError("the classical matcher has no run directory: give --out")
+    out = Path(out) if out else resolve_checkpoint(checkpoint).parent / METRICS
+    predictor = make_predictor(method, checkpoint)
     data = load_records(manifest)
     placed = place_records(predictor, data.records)
     metrics = score_placements(data.records, placed)
@@ -131,7 +159,7 @@ def evaluate(
     merged = update_metrics(out, metrics)
     plot_dir = out.parent / "plots"
     figures = overlay_figures(data.records, placed, plot_dir, predictor.method)
-    if isinstance(predictor, PuzzlePredictor):
+    if isinstance(predictor, PuzzlePredictor | HybridPredictor):
         path = plot_correlation_maps(predictor, data.records, plot_dir / "correlation_maps.png")
         figures.append(Figure("Correlation maps", path, "Piece, its window of the puzzle, the position probability."))
     write_report(out.parent, title=TITLE, sections=[Section("Evaluation on " + Path(manifest).name, figures)])
@@ -139,7 +167,13 @@ def evaluate(
 
 
 def classical_baseline(train_json: str | Path, test_json: str | Path) -> dict[str, dict[str, Any]]:
-    """The bench's training-free row: the classical matcher on the test manifest (the training set is unused)."""
+    """The bench's training-free rows on the test manifest (the training set is unused): the classical matcher as
+    is (SIFT, else templates) and with templates only (the hybrid's fallback and verifier)."""
     data = load_records(test_json)
-    placed = place_records(ClassicalPredictor(), data.records)
-    return {"classical": score_placements(data.records, placed)}
+    rows = {}
+    for name, matcher in (
+        ("classical", ClassicalMatcher()),
+        ("classical-template", ClassicalMatcher(method="template")),
+    ):
+        rows[name] = score_placements(data.records, place_records(ClassicalPredictor(matcher), data.records))
+    return rows

@@ -1,0 +1,61 @@
+"""The hybrid's verification: a right proposal is accepted where it is (re-centred within the window), a wrong one
+is rejected by its low correlation and the classical search finds the piece; learned proposals come out of the
+dense score as local maxima in puzzle pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tests.unit.test_puzzle_classical import _iou, _textured_puzzle
+
+from finescale.pipelines.puzzle.classical import Candidate, ClassicalMatcher
+from finescale.pipelines.puzzle.predict import verify_guess
+from finescale.pipelines.puzzle.search import top_places
+from finescale.synth.jigsaw import make_cut
+from finescale.synth.puzzles import photograph_piece
+
+
+def _piece(k: int, cell: tuple[int, int], seed: int = 0):
+    puzzle = _textured_puzzle(seed)
+    cut = make_cut(puzzle.shape[1], puzzle.shape[0], 90, np.random.default_rng(3))
+    alpha, origin = cut.mask(*cell)
+    photo, _, _ = photograph_piece(puzzle, alpha, origin, k, np.random.default_rng(k))
+    return puzzle, photo, cut.box(*cell)
+
+
+def _guess(x: float, y: float, k: int, cell_px: float = 12.0) -> dict:
+    return {"proposals": [Candidate(1.0, k, x, y)], "cell_px": cell_px, "box": [0, 0, 1, 1], "rotation": k}
+
+
+def test_a_near_proposal_is_accepted_and_recentred():
+    puzzle, photo, box = _piece(3, (2, 3))
+    matcher = ClassicalMatcher(method="template")
+    cx, cy = (box[0] + box[2]) / 2 + 11, (box[1] + box[3]) / 2 - 9  # about a score cell off
+    result = verify_guess(matcher, matcher.index_of(puzzle), photo, _guess(cx, cy, 3), accept=0.6, refine_top=2)
+    assert not result["fallback"] and result["rotation"] == 3 and result["confidence"] > 0.8
+    assert _iou(result["box"], box) >= 0.7
+    assert result["learned"] == {"box": [0, 0, 1, 1], "rotation": 3}
+
+
+def test_a_wrong_proposal_falls_back_to_the_search():
+    puzzle, photo, box = _piece(1, (1, 5))
+    matcher = ClassicalMatcher(method="template")
+    far = _guess(box[0] - 250.0 if box[0] > 300 else box[2] + 250.0, 60.0, 2)  # wrong place and wrong turn
+    rejected = verify_guess(matcher, matcher.index_of(puzzle), photo, far, accept=0.6, refine_top=2)
+    assert rejected["fallback"] and rejected["rotation"] == 1 and _iou(rejected["box"], box) >= 0.6
+    kept = verify_guess(matcher, matcher.index_of(puzzle), photo, far, accept=0.0, refine_top=2)
+    assert not kept["fallback"] and _iou(kept["box"], box) < 0.1  # accept=0 trusts the proposal: the search is off
+
+
+class _Dense:
+    dense, match_rotations = True, True
+
+
+def test_top_places_are_local_maxima_in_puzzle_pixels():
+    logits = torch.full((1, 4, 6, 8), -5.0)
+    logits[0, 2, 3, 5] = 4.0  # the best: turn 2, cell (row 3, col 5)
+    logits[0, 2, 3, 4] = 3.5  # its neighbour: not a local maximum
+    logits[0, 0, 1, 1] = 2.0  # a separate peak at turn 0
+    places = top_places(_Dense(), {"logits": logits}, {}, torch.zeros(1, 4), 2, cell_px=10.0)[0]
+    assert [(p.rotation, p.x, p.y) for p in places] == [(2, 55.0, 35.0), (0, 15.0, 15.0)]
+    assert places[0].score == 4.0
