@@ -10,7 +10,7 @@ from tests.unit.test_puzzle_classical import _iou, _textured_puzzle
 
 from finescale.pipelines.puzzle.classical import Candidate, ClassicalMatcher
 from finescale.pipelines.puzzle.predict import verify_guess
-from finescale.pipelines.puzzle.search import top_places
+from finescale.pipelines.puzzle.whole_puzzle import top_places
 from finescale.synth.jigsaw import make_cut
 from finescale.synth.puzzles import photograph_piece
 

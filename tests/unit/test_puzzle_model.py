@@ -14,7 +14,7 @@ from finescale.nn.correlation import (
 from finescale.nn.fpn import FeaturePyramid
 from finescale.pipelines.puzzle.config import PuzzleDataConfig, PuzzleModelConfig
 from finescale.pipelines.puzzle.model import PuzzleLocator, position_target
-from finescale.pipelines.puzzle.search import encode_tiled, locate, tile_starts
+from finescale.pipelines.puzzle.whole_puzzle import encode_tiled, locate, tile_starts
 
 TINY = {"fpn_channels": 16, "regressor_width": 16}
 

@@ -6,7 +6,7 @@ shows ``np.rot90(puzzle[box], k)``.
 
 Scale (``scale_mode: piece``): each puzzle is rescaled once by ``piece_pixels / median longer side of its piece
 photos`` and its pieces by the same factor, so that the model sees both at one pixel scale (the photos have about
-the puzzle's scale). Whole-puzzle search (``puzzle.search``) applies the same rule to the pieces it is given.
+the puzzle's scale). Whole-puzzle search (``puzzle.whole_puzzle``) applies the same rule to the pieces it is given.
 Training does not see whole puzzles: a ``window`` crop holding the piece at a random place (fixed per record for
 validation) keeps a CPU step cheap. ``scale_mode: fixed`` is the seed's: the whole puzzle at ``puzzle_size`` and
 the piece at ``piece_size``, each resized on its own.

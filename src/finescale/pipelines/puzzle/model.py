@@ -167,7 +167,7 @@ class RotationClassifier(nn.Module):
 class PuzzleLocator(nn.Module):
     """Batch dict -> position/rotation scores; ``loss`` and ``predict`` as every finescale model.
 
-    The parts are also public so that whole-puzzle search (``puzzle.search``) can encode the puzzle once and
+    The parts are also public so that whole-puzzle search (``puzzle.whole_puzzle``) can encode the puzzle once and
     score many pieces against it: ``encode_puzzle`` -> ``encode_pieces`` -> ``score`` -> ``decode``.
     """
 

@@ -18,7 +18,7 @@ import torch
 
 from finescale.data.images import read_image, to_uint8
 from finescale.pipelines.puzzle.classical import ClassicalMatcher, PuzzleIndex, as_rgb_uint8
-from finescale.pipelines.puzzle.search import locate
+from finescale.pipelines.puzzle.whole_puzzle import locate
 
 PRED_COLOUR, TRUE_COLOUR = (255, 40, 40), (40, 220, 40)
 
