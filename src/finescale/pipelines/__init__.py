@@ -11,8 +11,7 @@ from typing import Any
 from finescale.errors import FinescaleError
 
 PIPELINE_NAMES: tuple[str, ...] = ("length", "dims", "puzzle")
-# Pipelines that `finescale demo` runs by default. puzzle is left out until its learned default is worth showing
-# (see the README); `finescale demo --tasks puzzle` runs it.
+# Pipelines that `finescale demo` runs by default (all of them; `--tasks` picks a subset).
 DEMO_TASKS: tuple[str, ...] = ("length", "dims", "puzzle")
 
 

@@ -1,7 +1,7 @@
 """Placing pieces in whole puzzles, by the trained model or by the classical matcher, behind one interface:
 ``locate(puzzle_rgb, piece_photos) -> [{"box", "rotation", "confidence"}]`` with boxes in puzzle pixels.
 
-:class:`PuzzlePredictor` is what ``finescale.load(run)`` returns for a puzzle run; ``predict(puzzle, pieces)`` gives
+:class:`HybridPredictor` is what ``finescale.load(run)`` returns for a puzzle run; ``predict(puzzle, pieces)`` gives
 the dicts the CLI prints, one per piece, and can write an overlay PNG of the boxes on the puzzle.
 """
 
@@ -68,14 +68,15 @@ class ClassicalPredictor:
 
 
 class HybridPredictor:
-    """The default: the trained locator proposes, the classical matcher verifies.
+    """The method used with a checkpoint: the trained locator proposes, the classical matcher verifies.
 
     The model scores every piece against the puzzle encoded once and proposes its ``proposals`` best (turn,
-    position) places; each is verified by masked colour correlation at full resolution in a small window (the
-    classical matcher's refinement), and the best-verified placement wins. A piece whose best verified correlation
-    stays under ``accept`` also gets the classical coarse search over the whole puzzle (the fallback), so a poor
-    proposal costs time, not accuracy. ``stage_seconds`` accumulates the time of the learned and the verification
-    stages; each result says whether it fell back and what the model alone predicted.
+    position) places; each is checked by masked correlation on the reduced puzzle, the ``refine_top`` best are
+    refined at full resolution (the classical matcher's own steps), and the best-verified placement wins. A piece
+    whose best verified correlation stays under ``accept`` also gets the classical coarse search over the whole
+    puzzle (the fallback), so a poor proposal mostly costs time; the extra candidates can still outscore the true
+    place now and then (measured in the README). ``stage_seconds`` accumulates the time of the learned and the
+    verification stages; each result says whether it fell back and what the model alone predicted.
     """
 
     method = "hybrid"

@@ -60,7 +60,7 @@ METHODS = ("hybrid", "learned", "classical")
 
 
 def make_predictor(method: str, checkpoint: str | Path | None) -> Predictor:
-    """The placing method by name: ``hybrid`` (default: learned proposals, classical verification), ``learned``
+    """The placing method by name: ``hybrid`` (learned proposals, classical verification), ``learned``
     (the model alone) or ``classical`` (no training, no checkpoint)."""
     if method == "classical":
         return ClassicalPredictor()
