@@ -8,34 +8,36 @@ import csv
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
-from sqlalchemy.exc import OperationalError
 from tests.conftest import finescale
 
 pytestmark = pytest.mark.slow
 
 TINY_YAML = """
-trainer: {epochs: 2, batch_size: 8, accelerator: cpu, progress: false, limit_train_batches: 1}
+trainer: {epochs: 3, batch_size: 8, accelerator: cpu, progress: false, limit_train_batches: 1}
 model: {image_size: 48}
 regress: {attention_dim: 16, head_dim: 16}
 """
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
 def _finished(db: Path) -> int:
+    """Finished trials, read straight from the SQLite file: one quick read-only query, so the poll sees the first
+    finished trial at once (``optuna.load_study`` takes long enough, and waits on the workers' write locks, that
+    the whole study could end between two polls)."""
     if not db.exists():
         return 0
     try:
-        study = optuna.load_study(study_name="dims-quick", storage=f"sqlite:///{db}")
-    except (KeyError, OperationalError):  # the study or its tables are not created yet
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.2) as conn:
+            query = "SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED')"
+            return conn.execute(query).fetchone()[0]
+    except sqlite3.OperationalError:  # tables not created yet, or a write in progress
         return 0
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
 def test_hpo_killed_and_rerun_ends_with_all_trials_then_analyzes(implants: Path, tmp_path: Path):
@@ -47,12 +49,15 @@ def test_hpo_killed_and_rerun_ends_with_all_trials_then_analyzes(implants: Path,
     proc = subprocess.Popen(
         [sys.executable, "-m", "finescale.cli", *map(str, args)],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=(tmp_path / "first.log").open("w"),
         start_new_session=True,  # its own process group: the kill reaches the spawned workers too
     )
     deadline = time.time() + 400
     while proc.poll() is None and time.time() < deadline and _finished(out / "study.db") < 1:
-        time.sleep(0.5)
+        time.sleep(0.1)
+    if proc.poll() is not None:
+        log = (tmp_path / "first.log").read_text()[-3000:]
+        pytest.fail(f"the study ended (exit {proc.returncode}) before it could be killed; its log:\n{log}")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert 1 <= _finished(out / "study.db") < 4, "the study should have been killed part-way"
