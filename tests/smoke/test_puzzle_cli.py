@@ -63,6 +63,12 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
     result = json.loads(lines[0])
     assert len(result["box"]) == 4 and result["rotation"] in range(4) and 0 <= result["confidence"] <= 1
     assert result["method"] == "hybrid" and isinstance(result["fallback"], bool)
+    for accept, falls_back in (("1", True), ("-1", False)):  # the fallback threshold reaches the predictor
+        line = finescale(
+            "puzzle", "predict", "--checkpoint", run, "--puzzle", puzzles / record["puzzle"],
+            "--piece", puzzles / record["piece"], "--accept", accept, "--proposals", "2",
+        ).stdout.splitlines()[0]  # fmt: skip
+        assert json.loads(line)["fallback"] is falls_back
     plain = finescale("puzzle", "predict", "--puzzle", puzzles / record["puzzle"], "--piece", puzzles / record["piece"])
     assert json.loads(plain.stdout.splitlines()[0])["method"] == "classical"  # no checkpoint: no training needed
     assert overlay.stat().st_size > 1000
@@ -85,6 +91,10 @@ def test_errors_are_one_line(puzzles: Path, tmp_path: Path):
         check=False,
     )
     assert missing.returncode == 2 and "not found" in missing.stderr
+    wrong_method = finescale(
+        "puzzle", "eval", "--json", puzzles / "test.json", "--out", tmp_path / "m.json", "--accept", "0.5", check=False
+    )
+    assert wrong_method.returncode == 2 and "only apply to --method hybrid" in wrong_method.stderr
     no_space = finescale("hpo", "puzzle", "--out", tmp_path / "hpo", check=False)
     assert no_space.returncode == 2 and "no hyperparameter search space" in no_space.stderr
     assert not (tmp_path / "hpo").exists()  # refused before writing anything

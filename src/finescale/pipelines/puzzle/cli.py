@@ -31,6 +31,28 @@ Method = Annotated[
 OptionalCheckpoint = Annotated[
     Path | None, typer.Option("--checkpoint", help="checkpoint file or run directory (methods hybrid, learned)")
 ]
+Proposals = Annotated[
+    int | None,
+    typer.Option("--proposals", min=1, help="hybrid: places per piece the model proposes for verification [8]"),
+]
+Accept = Annotated[
+    float | None,
+    typer.Option(
+        "--accept",
+        min=-1.0,
+        max=1.0,
+        help="hybrid: verified correlation under which the classical search runs too (1 = always, -1 = never)"
+        " [0.9, chosen on validation data]",
+    ),
+]
+
+
+def _hybrid_options(method: str, proposals: int | None, accept: float | None) -> dict:
+    """The hybrid's options that were given (the rest keep HybridPredictor's defaults); refused for other methods."""
+    given = {k: v for k, v in (("proposals", proposals), ("accept", accept)) if v is not None}
+    if given and method != "hybrid":
+        raise FinescaleError(f"--{' and --'.join(given)} only apply to --method hybrid, not {method}")
+    return given
 
 
 def _resolve(method: str | None, checkpoint: Path | None) -> str:
@@ -55,6 +77,8 @@ def evaluate(
     checkpoint: OptionalCheckpoint = None,
     out: Annotated[Path | None, typer.Option("--out", help="metrics file (default: RUN/metrics.json)")] = None,
     method: Method = None,
+    proposals: Proposals = None,
+    accept: Accept = None,
 ) -> None:
     """Place every piece of the manifest in its whole puzzle; metrics, overlays and the report."""
     method = _resolve(method, checkpoint)
@@ -64,7 +88,8 @@ def evaluate(
         )
     from finescale.pipelines.puzzle.workflow import evaluate as run
 
-    typer.echo(json.dumps(to_jsonable(run(checkpoint, json_path, out, method=method))))
+    hybrid = _hybrid_options(method, proposals, accept)
+    typer.echo(json.dumps(to_jsonable(run(checkpoint, json_path, out, method=method, hybrid=hybrid))))
 
 
 @app.command("predict")
@@ -76,6 +101,8 @@ def predict(
         Path | None, typer.Option("--overlay", help="PNG of the boxes on the puzzle (default: <puzzle>_overlay.png)")
     ] = None,
     method: Method = None,
+    proposals: Proposals = None,
+    accept: Accept = None,
 ) -> None:
     """One JSON line per piece: box in puzzle pixels, rotation (quarter turns), confidence; writes the overlay."""
     method = _resolve(method, checkpoint)
@@ -83,7 +110,7 @@ def predict(
 
     if not puzzle.exists():
         raise FinescaleError(f"puzzle picture {puzzle} not found")
-    predictor = make_predictor(method, checkpoint)
+    predictor = make_predictor(method, checkpoint, **_hybrid_options(method, proposals, accept))
     overlay = overlay or puzzle.with_name(f"{puzzle.stem}_overlay.png")
     for line in predictor.predict(puzzle, expand_inputs(piece), overlay=overlay):
         typer.echo(json.dumps(to_jsonable(line)))

@@ -59,14 +59,15 @@ Predictor = PuzzlePredictor | ClassicalPredictor | HybridPredictor
 METHODS = ("hybrid", "learned", "classical")
 
 
-def make_predictor(method: str, checkpoint: str | Path | None) -> Predictor:
-    """The placing method by name: ``hybrid`` (learned proposals, classical verification), ``learned``
-    (the model alone) or ``classical`` (no training, no checkpoint)."""
+def make_predictor(method: str, checkpoint: str | Path | None, **hybrid: Any) -> Predictor:
+    """The placing method by name: ``hybrid`` (learned proposals, classical verification; ``hybrid`` holds its
+    options, e.g. ``proposals`` and ``accept``), ``learned`` (the model alone) or ``classical`` (no training, no
+    checkpoint)."""
     if method == "classical":
         return ClassicalPredictor()
     task = load_task(resolve_checkpoint(checkpoint))
     if method == "hybrid":
-        return HybridPredictor(task)
+        return HybridPredictor(task, **hybrid)
     if method == "learned":
         return PuzzlePredictor(task)
     raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
@@ -143,14 +144,15 @@ def evaluate(
     out: str | Path | None = None,
     *,
     method: str = "hybrid",
+    hybrid: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Place every piece of ``manifest`` in its whole puzzle by ``method`` (:func:`make_predictor`; ``classical``
-    needs no checkpoint but an ``out``); metrics merged into ``out`` (default: the run's metrics.json), with
-    overlays, correlation maps and the report beside it."""
+    """Place every piece of ``manifest`` in its whole puzzle by ``method`` (:func:`make_predictor`, with the
+    ``hybrid`` options; ``classical`` needs no checkpoint but an ``out``); metrics merged into ``out`` (default: the
+    run's metrics.json), with overlays, correlation maps and the report beside it."""
     if method == "classical" and out is None:
         raise ValueError("the classical matcher has no run directory: give --out")
     out = Path(out) if out else resolve_checkpoint(checkpoint).parent / METRICS
-    predictor = make_predictor(method, checkpoint)
+    predictor = make_predictor(method, checkpoint, **(hybrid or {}))
     data = load_records(manifest)
     placed = place_records(predictor, data.records)
     metrics = score_placements(data.records, placed)
