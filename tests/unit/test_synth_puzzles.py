@@ -12,7 +12,8 @@ from tests.conftest import finescale
 
 from finescale.errors import FinescaleError
 from finescale.synth.jigsaw import make_cut
-from finescale.synth.puzzles import SPLITS, deal_photos, generate_puzzles
+from finescale.synth.photos import SPLITS, deal_photos
+from finescale.synth.puzzles import generate_puzzles
 
 TINY = {"n": 24, "seed": 0, "full_size_fraction": 0.0, "pieces_per_puzzle": 4, "workers": 1}
 
