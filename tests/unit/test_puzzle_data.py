@@ -73,13 +73,16 @@ def content_match(item: dict, turns: int) -> float:
     return float(np.corrcoef(region.ravel(), content.ravel())[0, 1])
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_window_holds_the_piece_at_the_shared_scale(manifest: Path, train: bool):
+@pytest.mark.parametrize(("train", "piece_input"), [(False, "photo"), (True, "photo"), (False, "cutout")])
+def test_window_holds_the_piece_at_the_shared_scale(manifest: Path, train: bool, piece_input: str):
     records = load_records(manifest).records
     torch.manual_seed(0)
-    dataset = PuzzleDataset(records, PuzzleDataConfig(**CFG), train=train)
-    photo_sides = [max(h, w) + 2 * MARGIN for h, w in ((y2 - y1, x2 - x1) for (x1, y1, x2, y2), _ in GOOD)]
-    assert next(iter(dataset.scales.values())) == pytest.approx(48 / np.median(photo_sides))
+    dataset = PuzzleDataset(records, PuzzleDataConfig(**CFG, piece_input=piece_input), train=train)
+    region_sides = [max(y2 - y1, x2 - x1) for (x1, y1, x2, y2), _ in GOOD]
+    if piece_input == "photo":  # the photo's table margin counts
+        assert next(iter(dataset.scales.values())) == pytest.approx(48 / (np.median(region_sides) + 2 * MARGIN))
+    else:  # the cutout is the piece alone: its side is the region's (up to the mask's edge pixels)
+        assert next(iter(dataset.scales.values())) == pytest.approx(48 / np.median(region_sides), rel=0.05)
     for _ in range(3):
         for index, record in enumerate(records):
             item = dataset[index]

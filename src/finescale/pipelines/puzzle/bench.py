@@ -5,8 +5,9 @@
 * ``recipe``: the seed's plan (the same heads on a 512 puzzle through the FPN), and ``recipe-768`` at a higher
   puzzle resolution, the seed's first fallback;
 * ``default``: finescale's default (dense correlation of the piece's feature map as classification over positions,
-  rotation by matching the 4 quarter turns, piece and puzzle at one pixel scale), and the default with separate
-  backbones, with the seed's fixed 512 puzzle, and with the seed's rotation classifier;
+  rotation by matching the 4 quarter turns, piece and puzzle at one pixel scale, the piece cut out of its photo,
+  256-px training windows), and the default with separate backbones, with the piece photo as taken, with 128-px
+  windows, with the seed's fixed 512 puzzle, and with the seed's rotation classifier;
 * ``classical`` and ``classical-template`` (extra rows, no training): SIFT + RANSAC, else masked template matching;
   and template matching only.
 
@@ -39,6 +40,8 @@ def bench_variants(cfg: PuzzleConfig) -> dict[str, dict[str, Any]]:
         "rotation": cfg.model.rotation,
         "scale_mode": cfg.data.scale_mode,
         "shared_backbone": True,
+        "piece_input": cfg.data.piece_input,
+        "window": cfg.data.window,
     }
     return {
         "baseline": {**SEED, "puzzle_size": 256},
@@ -46,6 +49,8 @@ def bench_variants(cfg: PuzzleConfig) -> dict[str, dict[str, Any]]:
         "recipe-768": {**SEED, "puzzle_size": 768},
         "default": default,
         "default-separate": {**default, "shared_backbone": False},
+        "default-photo": {**default, "piece_input": "photo"},
+        "default-window-128": {**default, "window": 128},
         "default-fixed-512": {**default, "scale_mode": "fixed", "puzzle_size": 512, "piece_size": 96},
         "default-rotation-head": {**default, "rotation": "head"},
     }

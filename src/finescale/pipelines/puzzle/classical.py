@@ -95,6 +95,26 @@ def straighten(piece: np.ndarray, mask: np.ndarray, angle: float) -> tuple[np.nd
     return crop_to_mask(img, m)
 
 
+def cut_out_piece(photo: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """The piece alone, as the learned model's input: ``photo`` (uint8 RGB on a table) straightened, the table
+    (outside ``mask``, estimated when None) replaced by the piece's mean colour, centred on a square of that colour
+    whose side is the piece's longer side. Without the table and the few degrees of turn, the model's correlation
+    only has to match picture content (measured in the README: the learned placement improves several-fold)."""
+    photo = as_rgb_uint8(photo)
+    mask = estimate_piece_mask(photo) if mask is None else mask
+    if mask.sum() < 16:  # nothing stands out from the table: use the whole photo
+        mask = np.ones(photo.shape[:2], bool)
+    img, m = straighten(photo, mask, skew_angle(mask))
+    mean = img[m].mean(axis=0).round().astype(np.uint8)
+    h, w = m.shape
+    side = max(h, w)
+    out = np.empty((side, side, 3), np.uint8)
+    out[:] = mean
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = np.where(m[..., None], img, mean)
+    return out
+
+
 def crop_to_mask(img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``img`` and ``mask`` cut to the bounding box of ``mask`` (unchanged when the mask is empty)."""
     ys, xs = np.nonzero(mask)

@@ -58,9 +58,19 @@ class PuzzleDataConfig(Section):
         description="piece: puzzle and piece rescaled by one factor so the piece photo's longer side becomes"
         " piece_pixels; fixed: the seed's, puzzle to puzzle_size and piece to piece_size",
     )
+    piece_input: Literal["cutout", "photo"] = Field(
+        "cutout",
+        description="what the model sees of a piece: cutout (table masked out, straightened; measured better) or the"
+        " photo as taken",
+    )
     piece_pixels: int = Field(64, ge=16, description="piece mode: the piece photo's longer side after rescaling")
     piece_window: int = Field(72, ge=16, description="piece mode: square the rescaled piece is padded/cropped to")
-    window: int = Field(128, ge=64, description="piece mode: side of the training crop of the rescaled puzzle")
+    window: int = Field(
+        256,
+        ge=64,
+        description="piece mode: side of the training crop of the rescaled puzzle (more distractors per step than"
+        " 128: measured better on whole puzzles)",
+    )
     puzzle_size: int = Field(512, ge=64, description="fixed mode: the puzzle's longer side (padded to a square)")
     piece_size: int = Field(224, ge=16, description="fixed mode: the piece's square size")
     scale_jitter: float = Field(0.15, ge=0, lt=1, description="piece mode: random zoom of window + piece, +-fraction")

@@ -4,8 +4,11 @@ A record is ``{"puzzle": "puzzles/x.jpg", "piece": "pieces/x_3.png", "box": [x1,
 paths relative to the manifest, ``box`` the piece's axis-aligned box in puzzle pixels (xyxy), and the piece photo
 shows ``np.rot90(puzzle[box], k)``.
 
+Piece input (``piece_input``): ``cutout`` (default) gives the model the piece cut out of its photo, straightened,
+on a plain background of its mean colour; ``photo`` the photo as taken, table and all.
+
 Scale (``scale_mode: piece``): each puzzle is rescaled once by ``piece_pixels / median longer side of its piece
-photos`` and its pieces by the same factor, so that the model sees both at one pixel scale (the photos have about
+inputs`` and its pieces by the same factor, so that the model sees both at one pixel scale (the photos have about
 the puzzle's scale). Whole-puzzle search (``puzzle.whole_puzzle``) applies the same rule to the pieces it is given.
 Training does not see whole puzzles: a ``window`` crop holding the piece at a random place (fixed per record for
 validation) keeps a CPU step cheap. ``scale_mode: fixed`` is the seed's: the whole puzzle at ``puzzle_size`` and
@@ -42,6 +45,7 @@ from finescale.data.datamodule import ManifestDataModule
 from finescale.data.images import read_image, to_uint8
 from finescale.data.manifest import FieldSpec, Manifest, load_manifest
 from finescale.errors import EmptyManifestError
+from finescale.pipelines.puzzle.classical import cut_out_piece
 from finescale.pipelines.puzzle.config import PuzzleDataConfig
 
 log = logging.getLogger("finescale")
@@ -218,7 +222,8 @@ class RandPieceJitter:
 
 class PuzzleDataset(Dataset):
     """Records -> batch items (see the module docstring). With ``cfg.cache`` the rescaled puzzles (one per puzzle
-    file, shared by its records) and pieces are decoded once and kept as uint8."""
+    file, shared by its records) and pieces are decoded once and kept as uint8. With ``piece_input: cutout`` every
+    piece is cut out of its photo once, here (:func:`cut_out_piece`), and the cutouts' sides set the scale."""
 
     def __init__(self, records: Sequence[dict], cfg: PuzzleDataConfig, *, train: bool, seed: int = 0) -> None:
         self.records = list(records)
@@ -226,9 +231,14 @@ class PuzzleDataset(Dataset):
         self.train = train
         self.seed = seed
         self.jitter = RandPieceJitter() if train and cfg.augment else None
+        self._cutouts: dict[int, np.ndarray] = {}
+        if cfg.piece_input == "cutout":
+            for i in track(range(len(self.records)), description="cutting pieces out", transient=True):
+                self._cutouts[i] = cut_out_piece(read_image(self.records[i]["piece"], "rgb"))
         photo_sides: dict[str, list[int]] = defaultdict(list)
-        for record in self.records:
-            photo_sides[record["puzzle"]].append(max(image_size(record["piece"])))
+        for i, record in enumerate(self.records):
+            side = max(self._cutouts[i].shape[:2]) if self._cutouts else max(image_size(record["piece"]))
+            photo_sides[record["puzzle"]].append(side)
         self.scales = {path: puzzle_scale(image_size(path)[::-1], sides, cfg) for path, sides in photo_sides.items()}
         self._puzzles: dict[str, np.ndarray] = {}
         self._pieces: dict[int, np.ndarray] = {}
@@ -245,7 +255,7 @@ class PuzzleDataset(Dataset):
 
     def _load_piece(self, index: int) -> np.ndarray:
         record = self.records[index]
-        photo = read_image(record["piece"], "rgb")
+        photo = self._cutouts[index] if self._cutouts else read_image(record["piece"], "rgb")
         return to_uint8(rescale(photo, piece_scale(photo.shape[:2], self.scales[record["puzzle"]], self.cfg)))
 
     def _rng(self, index: int) -> np.random.Generator:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from finescale.data.images import read_image, to_uint8
-from finescale.pipelines.puzzle.classical import ClassicalMatcher, PuzzleIndex, as_rgb_uint8
+from finescale.pipelines.puzzle.classical import ClassicalMatcher, PuzzleIndex, as_rgb_uint8, estimate_piece_mask
 from finescale.pipelines.puzzle.whole_puzzle import locate
 
 PRED_COLOUR, TRUE_COLOUR = (255, 40, 40), (40, 220, 40)
@@ -98,19 +98,24 @@ class HybridPredictor:
         self.accept = accept
         self.refine_top = refine_top
         self.matcher = matcher or ClassicalMatcher(method="template")
-        self.stage_seconds = {"learned": 0.0, "verify": 0.0}
+        self.stage_seconds = {"mask": 0.0, "learned": 0.0, "verify": 0.0}
 
     def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
+        # each piece is separated from the table once: the model's cutout and the verification share the mask
         start = time.perf_counter()
+        pieces = [as_rgb_uint8(p) for p in pieces]
+        masks = [estimate_piece_mask(p) for p in pieces]
+        masked = time.perf_counter()
         with torch.inference_mode():
-            learned = locate(self.model, puzzle, list(pieces), self.cfg, proposals=self.proposals)
+            learned = locate(self.model, puzzle, pieces, self.cfg, proposals=self.proposals, masks=masks)
         middle = time.perf_counter()
         index = self.matcher.index_of(as_rgb_uint8(puzzle))
         results = [
-            verify_guess(self.matcher, index, piece, guess, accept=self.accept, refine_top=self.refine_top)
-            for piece, guess in zip(pieces, learned, strict=True)
+            verify_guess(self.matcher, index, piece, guess, accept=self.accept, refine_top=self.refine_top, mask=mask)
+            for piece, guess, mask in zip(pieces, learned, masks, strict=True)
         ]
-        self.stage_seconds["learned"] += middle - start
+        self.stage_seconds["mask"] += masked - start
+        self.stage_seconds["learned"] += middle - masked
         self.stage_seconds["verify"] += time.perf_counter() - middle
         return results
 
@@ -121,12 +126,20 @@ class HybridPredictor:
 
 
 def verify_guess(
-    matcher: ClassicalMatcher, index: PuzzleIndex, photo: np.ndarray, guess: dict, *, accept: float, refine_top: int
+    matcher: ClassicalMatcher,
+    index: PuzzleIndex,
+    photo: np.ndarray,
+    guess: dict,
+    *,
+    accept: float,
+    refine_top: int,
+    mask: np.ndarray | None = None,
 ) -> dict:
     """One piece through the hybrid's verification: the model's ``guess`` (its ``proposals``, ``cell_px``, ``box``
     and ``rotation``) checked by ``matcher`` on the puzzle ``index``; the classical search runs too when the best
-    verified correlation is under ``accept``. Returns ``{"box", "rotation", "confidence", "fallback", "learned"}``."""
-    piece = matcher.prepare(photo)
+    verified correlation is under ``accept``. ``mask``: the piece's mask in ``photo`` (estimated when None).
+    Returns ``{"box", "rotation", "confidence", "fallback", "learned"}``."""
+    piece = matcher.prepare(photo, mask)
     # a proposal is a score cell's centre: the true centre lies within about one cell of it
     pad = int(np.ceil(1.5 * guess["cell_px"])) + 3
     checked = matcher.check_places(index, piece, guess["proposals"], pad=pad)

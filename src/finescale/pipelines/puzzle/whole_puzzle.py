@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finescale.pipelines.puzzle.classical import Candidate
+from finescale.pipelines.puzzle.classical import Candidate, cut_out_piece
 from finescale.pipelines.puzzle.config import PuzzleConfig, PuzzleDataConfig
 from finescale.pipelines.puzzle.data import fit_square, piece_scale, piece_side, puzzle_scale, rescale, to_tensor
 from finescale.pipelines.puzzle.model import PuzzleLocator
@@ -79,6 +79,7 @@ def locate(
     cfg: PuzzleConfig | PuzzleDataConfig,
     *,
     proposals: int = 0,
+    masks: Sequence[np.ndarray] | None = None,
 ) -> list[dict]:
     """Find each piece in the whole puzzle.
 
@@ -88,10 +89,15 @@ def locate(
     original puzzle pixels, ``"rotation": k`` (the photo shows ``np.rot90(puzzle[box], k)``), ``"confidence"``}; with
     ``proposals`` > 0 also ``"proposals"``: that many :class:`Candidate` places (the highest local maxima of the
     score over turn x position, best first) and ``"cell_px"``, the size of one score cell in puzzle pixels.
+    With ``piece_input: cutout`` each piece is cut out of its photo first, along its mask in ``masks`` (estimated
+    where not given).
     """
     cfg = getattr(cfg, "data", cfg)
     if not pieces:
         return []
+    if cfg.piece_input == "cutout":
+        masks = list(masks) if masks is not None else [None] * len(pieces)
+        pieces = [cut_out_piece(p, m) for p, m in zip(pieces, masks, strict=True)]
     model.eval()
     device = next(model.parameters()).device
     height, width = puzzle_rgb.shape[:2]
