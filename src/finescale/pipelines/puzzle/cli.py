@@ -42,7 +42,7 @@ Accept = Annotated[
         min=-1.0,
         max=1.0,
         help="hybrid: verified correlation under which the classical search runs too (1 = always, -1 = never)"
-        " [0.9, chosen on validation data]",
+        " [0.96, chosen on validation data]",
     ),
 ]
 

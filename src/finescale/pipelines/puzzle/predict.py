@@ -87,7 +87,7 @@ class HybridPredictor:
         *,
         proposals: int = 8,
         refine_top: int = 2,
-        accept: float = 0.9,
+        accept: float = 0.96,  # the lowest whose validation accuracy equals always falling back (README)
         matcher: ClassicalMatcher | None = None,
     ) -> None:
         if proposals < 1:
