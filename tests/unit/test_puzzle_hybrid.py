@@ -59,3 +59,35 @@ def test_top_places_are_local_maxima_in_puzzle_pixels():
     places = top_places(_Dense(), {"logits": logits}, {}, torch.zeros(1, 4), 2, cell_px=10.0)[0]
     assert [(p.rotation, p.x, p.y) for p in places] == [(2, 55.0, 35.0), (0, 15.0, 15.0)]
     assert places[0].score == 4.0
+
+
+def test_hybrid_estimates_each_mask_once_for_the_cutout_and_the_verification(monkeypatch):
+    """The model's cutout and the template verification use one mask per piece: estimating it (GrabCut) is the
+    costliest step they share."""
+    from types import SimpleNamespace
+
+    from finescale.pipelines.puzzle import classical, predict
+    from finescale.pipelines.puzzle.config import PuzzleConfig
+    from finescale.pipelines.puzzle.model import PuzzleLocator
+
+    torch.manual_seed(0)
+    cfg = PuzzleConfig(model={"fpn_channels": 16}, data={"piece_input": "cutout"})
+    hybrid = predict.HybridPredictor(SimpleNamespace(cfg=cfg, model=PuzzleLocator.from_config(cfg)), proposals=2)
+    calls = {"hybrid": 0, "elsewhere": 0}
+    real = classical.estimate_piece_mask
+
+    def counted(where: str):
+        def estimate(photo, *args, **kwargs):
+            calls[where] += 1
+            return real(photo, *args, **kwargs)
+
+        return estimate
+
+    monkeypatch.setattr(predict, "estimate_piece_mask", counted("hybrid"))
+    monkeypatch.setattr(classical, "estimate_piece_mask", counted("elsewhere"))
+    puzzle, photo_a, box_a = _piece(0, (2, 2))
+    _, photo_b, _ = _piece(2, (3, 5))
+    results = hybrid.locate(puzzle, [photo_a, photo_b])
+    assert calls == {"hybrid": 2, "elsewhere": 0}
+    assert len(results) == 2 and _iou(results[0]["box"], box_a) >= 0.6  # the fallback still finds it
+    assert set(hybrid.stage_seconds) == {"mask", "learned", "verify"}
