@@ -1,7 +1,7 @@
 """Training-free baseline of the ``puzzle`` pipeline: find a photographed jigsaw piece in the puzzle picture.
 
-1. The piece is separated from the table (border colour statistics -> GrabCut -> largest component) and
-   straightened (its sides made axis-aligned), so the table never pollutes the matching.
+1. The piece is separated from the table and straightened (``puzzle.piece_photo``), so the table never pollutes the
+   matching.
 2. SIFT + RANSAC: the piece's keypoints are matched to the puzzle's (ratio test) and a similarity transform is fitted;
    the piece's outline projected through it gives the box, its angle the quarter turns.
 3. When SIFT finds too few inliers: masked normalised cross-correlation (``cv2.TM_CCOEFF_NORMED`` with the piece
@@ -22,120 +22,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-
-def _largest_filled(fg: np.ndarray) -> np.ndarray:
-    """The largest 8-connected component of a bool mask with its holes filled (bool, same shape)."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(fg.astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros_like(fg, dtype=bool)
-    keep = (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
-    outside = np.pad(1 - keep, 1, constant_values=1)
-    cv2.floodFill(outside, None, (0, 0), 2)
-    return (keep == 1) | (outside[1:-1, 1:-1] == 1)
-
-
-def estimate_piece_mask(photo: np.ndarray, border: int = 4, grabcut_iters: int = 5) -> np.ndarray:
-    """Bool (H, W) mask of the piece in an RGB uint8 photo whose outer ``border`` pixels show only the table.
-
-    The table's colour statistics (mean, covariance in Lab) come from the border strip. Pixels beyond the strip's own
-    99.5th percentile of Mahalanobis distance (at least 3 sigma) are sure piece, the border strip is sure table, and
-    GrabCut settles the rest, starting from "probably piece" where the distance exceeds the strip's 90th percentile.
-    The largest component, holes filled, is the piece. GrabCut runs with a fixed OpenCV RNG seed: reproducible.
-    """
-    h, w = photo.shape[:2]
-    lab = cv2.cvtColor(cv2.GaussianBlur(photo, (0, 0), 1.2), cv2.COLOR_RGB2LAB).astype(np.float32)
-    ring = np.ones((h, w), bool)
-    ring[border:-border, border:-border] = False
-    strip = lab[ring]
-    inv = np.linalg.inv(np.cov(strip.T) + np.eye(3) * 4.0)
-    diff = lab - strip.mean(0)
-    d2 = np.einsum("hwi,ij,hwj->hw", diff, inv, diff)
-    sure = max(float(np.quantile(d2[ring], 0.995)), 9.0)
-    fg = cv2.morphologyEx((d2 > sure).astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)) > 0
-    fg = _largest_filled(fg)
-    if grabcut_iters <= 0 or fg.sum() < 16:
-        return fg
-    gc = np.where(d2 > float(np.quantile(d2[ring], 0.9)), cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
-    gc[cv2.erode(fg.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0] = cv2.GC_FGD
-    gc[ring] = cv2.GC_BGD
-    cv2.setRNGSeed(0)
-    bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.grabCut(np.ascontiguousarray(photo[..., ::-1]), gc, None, bgd, fgd, grabcut_iters, cv2.GC_INIT_WITH_MASK)
-    refined = _largest_filled((gc == cv2.GC_FGD) | (gc == cv2.GC_PR_FGD))
-    return refined if refined.sum() >= 16 else fg
-
-
-def skew_angle(mask: np.ndarray) -> float:
-    """Angle in degrees, in [-45, 45), of the piece outline's dominant directions modulo 90 degrees.
-
-    Measured as atan2(dy, dx) in image coordinates (y down): the straight shoulders of a jigsaw piece dominate a
-    length-weighted 4-fold circular mean of the outline's directions, while the round knobs average out.
-    ``cv2.getRotationMatrix2D(centre, skew_angle(mask), 1)`` makes the piece's sides axis-aligned.
-    """
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        return 0.0
-    pts = max(contours, key=len)[:, 0, :].astype(np.float64)
-    d = np.roll(pts, -4, axis=0) - pts
-    z = np.sum(np.hypot(d[:, 0], d[:, 1]) * np.exp(4j * np.arctan2(d[:, 1], d[:, 0])))
-    angle = float(np.degrees(np.angle(z) / 4.0))
-    return (angle + 45.0) % 90.0 - 45.0
-
-
-def straighten(piece: np.ndarray, mask: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate ``piece`` (H, W, C) and its bool ``mask`` by ``angle`` degrees (OpenCV sense, counter-clockwise on
-    screen) on a canvas that holds the whole result, and crop both to the mask's bounding box."""
-    h, w = mask.shape
-    rot = cv2.getRotationMatrix2D((w / 2.0, h / 2.0), angle, 1.0)
-    cos, sin = abs(rot[0, 0]), abs(rot[0, 1])
-    nw, nh = int(np.ceil(w * cos + h * sin)), int(np.ceil(w * sin + h * cos))
-    rot[:, 2] += [(nw - w) / 2.0, (nh - h) / 2.0]
-    img = cv2.warpAffine(piece, rot, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    m = cv2.warpAffine(mask.astype(np.float32), rot, (nw, nh), flags=cv2.INTER_LINEAR) > 0.5
-    return crop_to_mask(img, m)
-
-
-def cut_out_piece(photo: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """The piece alone, as the learned model's input: ``photo`` (uint8 RGB on a table) straightened, the table
-    (outside ``mask``, estimated when None) replaced by the piece's mean colour, centred on a square of that colour
-    whose side is the piece's longer side. Without the table and the few degrees of turn, the model's correlation
-    only has to match picture content (measured in the README: the learned placement improves several-fold)."""
-    photo = as_rgb_uint8(photo)
-    mask = estimate_piece_mask(photo) if mask is None else mask
-    if mask.sum() < 16:  # nothing stands out from the table: use the whole photo
-        mask = np.ones(photo.shape[:2], bool)
-    img, m = straighten(photo, mask, skew_angle(mask))
-    mean = img[m].mean(axis=0).round().astype(np.uint8)
-    h, w = m.shape
-    side = max(h, w)
-    out = np.empty((side, side, 3), np.uint8)
-    out[:] = mean
-    top, left = (side - h) // 2, (side - w) // 2
-    out[top : top + h, left : left + w] = np.where(m[..., None], img, mean)
-    return out
-
-
-def crop_to_mask(img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``img`` and ``mask`` cut to the bounding box of ``mask`` (unchanged when the mask is empty)."""
-    ys, xs = np.nonzero(mask)
-    if len(xs) == 0:
-        return img, mask
-    y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
-    return img[y0:y1, x0:x1], mask[y0:y1, x0:x1]
-
-
-def as_rgb_uint8(img: np.ndarray) -> np.ndarray:
-    """An image as RGB uint8 (H, W, 3): grey is repeated, alpha dropped, floats in [0, 1] scaled; uint8 RGB as is."""
-    from finescale.data.images import to_uint8
-
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        img = to_uint8(img)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
-    return np.ascontiguousarray(img[..., :3])
+from finescale.pipelines.puzzle.piece_photo import as_rgb_uint8, piece_mask, skew_angle, straighten
 
 
 def sanitize_scores(res: np.ndarray) -> np.ndarray:
@@ -267,9 +154,7 @@ class ClassicalMatcher:
         """
         index = self.index_of(as_rgb_uint8(puzzle), key)
         piece = as_rgb_uint8(piece)
-        mask = estimate_piece_mask(piece)
-        if mask.sum() < 16:  # nothing stands out from the table: use the whole photo
-            mask = np.ones(piece.shape[:2], bool)
+        mask = piece_mask(piece)
         result = self._match_sift(index, piece, mask) if self.method == "auto" else None
         return result if result is not None else self._match_template(index, piece, mask)
 
@@ -356,9 +241,7 @@ class ClassicalMatcher:
         """The piece ready for template matching: separated from the table (``mask``, estimated when None),
         straightened, blurred like the puzzle windows it is compared with."""
         photo = as_rgb_uint8(photo)
-        mask = estimate_piece_mask(photo) if mask is None else mask
-        if mask.sum() < 16:  # nothing stands out from the table: use the whole photo
-            mask = np.ones(photo.shape[:2], bool)
+        mask = piece_mask(photo, mask)
         img, m = straighten(photo.astype(np.float32), mask, skew_angle(mask))
         img = cv2.GaussianBlur(img, (0, 0), self.blur)
         inner = cv2.erode(m.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=3).astype(np.float32)

@@ -45,8 +45,8 @@ from finescale.data.datamodule import ManifestDataModule
 from finescale.data.images import read_image, to_uint8
 from finescale.data.manifest import FieldSpec, Manifest, load_manifest
 from finescale.errors import EmptyManifestError
-from finescale.pipelines.puzzle.classical import cut_out_piece
 from finescale.pipelines.puzzle.config import PuzzleDataConfig
+from finescale.pipelines.puzzle.piece_photo import cut_out_piece
 
 log = logging.getLogger("finescale")
 

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from finescale.data.images import read_image, to_uint8
-from finescale.pipelines.puzzle.classical import ClassicalMatcher, PuzzleIndex, as_rgb_uint8, estimate_piece_mask
+from finescale.pipelines.puzzle.classical import ClassicalMatcher, PuzzleIndex
+from finescale.pipelines.puzzle.piece_photo import as_rgb_uint8, piece_mask
 from finescale.pipelines.puzzle.whole_puzzle import locate
 
 PRED_COLOUR, TRUE_COLOUR = (255, 40, 40), (40, 220, 40)
@@ -104,7 +105,7 @@ class HybridPredictor:
         # each piece is separated from the table once: the model's cutout and the verification share the mask
         start = time.perf_counter()
         pieces = [as_rgb_uint8(p) for p in pieces]
-        masks = [estimate_piece_mask(p) for p in pieces]
+        masks = [piece_mask(p) for p in pieces]
         masked = time.perf_counter()
         with torch.inference_mode():
             learned = locate(self.model, puzzle, pieces, self.cfg, proposals=self.proposals, masks=masks)

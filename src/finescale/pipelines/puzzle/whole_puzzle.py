@@ -12,10 +12,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from finescale.pipelines.puzzle.classical import Candidate, cut_out_piece
+from finescale.pipelines.puzzle.classical import Candidate
 from finescale.pipelines.puzzle.config import PuzzleConfig, PuzzleDataConfig
 from finescale.pipelines.puzzle.data import fit_square, piece_scale, piece_side, puzzle_scale, rescale, to_tensor
 from finescale.pipelines.puzzle.model import PuzzleLocator
+from finescale.pipelines.puzzle.piece_photo import cut_out_piece
 
 ALIGN = 32  # the coarsest stride: tiles start on multiples of it so every level's grid lines up
 
