@@ -9,7 +9,7 @@ import torch
 from tests.unit.test_puzzle_classical import _iou, _textured_puzzle
 
 from finescale.pipelines.puzzle.classical import Candidate, ClassicalMatcher
-from finescale.pipelines.puzzle.predict import verify_guess
+from finescale.pipelines.puzzle.predict import same_place, search_whole_puzzle, verify_guess
 from finescale.pipelines.puzzle.whole_puzzle import top_places
 from finescale.synth.jigsaw import make_cut
 from finescale.synth.puzzles import photograph_piece
@@ -86,3 +86,47 @@ def test_hybrid_estimates_each_mask_once_for_the_cutout_and_the_verification(mon
     assert len(calls) == 2  # one per piece, not one more for the cutout
     assert len(results) == 2 and _iou(results[0]["box"], box_a) >= 0.6  # the fallback still finds it
     assert set(hybrid.stage_seconds) == {"mask", "learned", "verify"}
+
+
+def test_same_place_needs_the_same_turn_and_both_axes_within_the_tolerance():
+    a = Candidate(0.9, 1, 100.0, 50.0)
+    assert same_place(a, Candidate(0.2, 1, 104.0, 46.0), 4.0)
+    assert not same_place(a, Candidate(0.9, 2, 100.0, 50.0), 4.0)  # another turn
+    assert not same_place(a, Candidate(0.9, 1, 104.5, 50.0), 4.0)
+    assert not same_place(a, Candidate(0.9, 1, 100.0, 45.0), 4.0)
+
+
+def _counting_refine(matcher, monkeypatch):
+    refined = []
+    real = matcher.refine
+
+    def counted(index, piece, candidates, pad=None):
+        refined.extend(candidates)
+        return real(index, piece, candidates, pad)
+
+    monkeypatch.setattr(matcher, "refine", counted)
+    return refined
+
+
+def test_the_fallback_skips_places_already_refined_and_stops_once_one_is_accepted(monkeypatch):
+    puzzle, photo, box = _piece(1, (1, 5))
+    matcher = ClassicalMatcher(method="template")
+    index, piece = matcher.index_of(puzzle), matcher.prepare(photo)
+    best = matcher.coarse_candidates(index, piece)[0]
+    assert best.rotation == 1
+    twin = Candidate(best.score, best.rotation, best.x + piece.factor, best.y - 1.0)  # the same place at another scale
+    elsewhere = [Candidate(0.5, 1, 40.0, 40.0), Candidate(0.4, 3, best.x, best.y)]
+    monkeypatch.setattr(matcher, "coarse_candidates", lambda index, piece: [best, twin, *elsewhere])
+    nothing = {"box": [0.0, 0.0, 1.0, 1.0], "rotation": 0, "confidence": 0.0}
+
+    refined = _counting_refine(matcher, monkeypatch)
+    everything = search_whole_puzzle(matcher, index, piece, nothing, refined=[], accept=2.0)  # never accepted
+    assert refined == [best, *elsewhere] and _iou(everything["box"], box) >= 0.6
+
+    refined.clear()
+    search_whole_puzzle(matcher, index, piece, nothing, refined=[twin], accept=2.0)
+    assert refined == elsewhere  # the place refined before is not refined again
+
+    refined.clear()
+    first = search_whole_puzzle(matcher, index, piece, nothing, refined=[], accept=0.5)
+    assert refined == [best] and first["box"] == everything["box"]  # accepted at once: the rest is not refined

@@ -205,3 +205,25 @@ def test_locate_on_a_large_puzzle_runs_tiled_and_returns_boxes_inside():
         x1, y1, x2, y2 = r["box"]
         assert 0 <= x1 <= x2 <= 1500 and 0 <= y1 <= y2 <= 1000
         assert r["rotation"] in range(4) and 0 <= r["confidence"] <= 1
+
+
+def test_channels_last_inference_places_pieces_as_the_plain_model_does():
+    """The predictors run the locator with channels-last weights (faster on CPU); the answers must not change."""
+    from types import SimpleNamespace
+
+    from finescale.pipelines.puzzle.predict import inference_model
+
+    torch.manual_seed(0)
+    model = PuzzleLocator.from_config(PuzzleModelConfig(**TINY)).eval()
+    rng = np.random.default_rng(1)
+    puzzle = (np.kron(rng.random((60, 80, 3)), np.ones((4, 4, 1))) * 255).astype(np.uint8)
+    pieces = [np.rot90(puzzle[y : y + 48, x : x + 40], k) for k, (y, x) in enumerate([(8, 16), (150, 250)])]
+    cfg = PuzzleDataConfig(piece_input="photo")
+    plain = locate(model, puzzle, pieces, cfg, proposals=3)
+    fast = inference_model(SimpleNamespace(model=model))
+    assert fast.puzzle_encoder is model.puzzle_encoder
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in fast.parameters())
+    for a, b in zip(plain, locate(fast, puzzle, pieces, cfg, proposals=3), strict=True):
+        np.testing.assert_allclose(a["box"], b["box"], atol=1e-2)
+        assert a["rotation"] == b["rotation"]
+        assert [(p.rotation, p.x, p.y) for p in a["proposals"]] == [(p.rotation, p.x, p.y) for p in b["proposals"]]
