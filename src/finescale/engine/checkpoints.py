@@ -45,7 +45,8 @@ def load_task(path: str | Path) -> Any:
 
     ckpt = read_checkpoint(path)
     config = checkpoint_config(ckpt)
-    task = get_pipeline(config["pipeline"]).task_class(config)
+    task_class = get_pipeline(config["pipeline"]).task_class
+    task = task_class(task_class.upgrade_config(config))
     task.load_state_dict(ckpt["state_dict"])
     return task.eval()
 
