@@ -45,8 +45,10 @@ def load_task(path: str | Path) -> Any:
 
     ckpt = read_checkpoint(path)
     config = checkpoint_config(ckpt)
-    task_class = get_pipeline(config["pipeline"]).task_class
-    task = task_class(task_class.upgrade_config(config))
+    pipeline = get_pipeline(config["pipeline"])
+    if pipeline.upgrade_config is not None:
+        config = pipeline.upgrade_config(config)
+    task = pipeline.task_class(config)
     task.load_state_dict(ckpt["state_dict"])
     return task.eval()
 

@@ -32,12 +32,6 @@ class TaskModule(L.LightningModule):
         self.model = self.build_model(self.cfg)
 
     # ------------------------------------------------------------------ to implement per pipeline
-    @classmethod
-    def upgrade_config(cls, config: dict[str, Any]) -> dict[str, Any]:
-        """A config read from an older checkpoint, brought up to date: a field added since then must take the
-        value that reproduces how that model was trained, not today's default. Identity unless overridden."""
-        return config
-
     def build_model(self, cfg: RunConfig) -> nn.Module:
         raise NotImplementedError
 

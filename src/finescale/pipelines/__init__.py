@@ -43,6 +43,9 @@ class Pipeline:
     # (seed's config, folder) -> overrides: parts that every bench variant of one seed shares, trained once there
     bench_shared: Callable[..., dict[str, Any]] | None = None
     search: SearchSpace | None = None  # the hyperparameter search space of `finescale hpo <name>`
+    # (config read from a checkpoint) -> that config brought up to date: a field added since the checkpoint was
+    # written takes the value that reproduces how the model was trained, not today's default
+    upgrade_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
 def get_pipeline(name: str) -> Pipeline:

@@ -109,3 +109,12 @@ class PuzzleConfig(RunConfig):
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=8, batch_size=16, lr=3e-3))
     model: PuzzleModelConfig = Field(default_factory=PuzzleModelConfig)
     data: PuzzleDataConfig = Field(default_factory=PuzzleDataConfig)
+
+
+def upgrade_checkpoint_config(config: dict) -> dict:
+    """Checkpoints written before ``data.piece_input`` existed were trained on the piece photo as taken, not on
+    today's default cutout."""
+    data = config.get("data") or {}
+    if "piece_input" in data:
+        return config
+    return {**config, "data": {**data, "piece_input": "photo"}}

@@ -2,7 +2,7 @@
 
 from finescale.pipelines import Pipeline
 from finescale.pipelines.puzzle.bench import METRICS, bench_variants
-from finescale.pipelines.puzzle.config import PuzzleConfig
+from finescale.pipelines.puzzle.config import PuzzleConfig, upgrade_checkpoint_config
 from finescale.pipelines.puzzle.predict import HybridPredictor
 from finescale.pipelines.puzzle.task import PuzzleTask
 from finescale.pipelines.puzzle.workflow import classical_baseline, evaluate, train
@@ -20,4 +20,5 @@ PIPELINE = Pipeline(
     bench_metrics=METRICS,
     extra_baselines=classical_baseline,
     demo_size=600,
+    upgrade_config=upgrade_checkpoint_config,
 )

@@ -28,14 +28,6 @@ class PuzzleTask(TaskModule):
         self.val_both = MeanMetric()
         self._first_batch: dict | None = None
 
-    @classmethod
-    def upgrade_config(cls, config: dict) -> dict:
-        """Checkpoints written before ``data.piece_input`` existed were trained on the piece photo as taken."""
-        data = config.get("data") or {}
-        if "piece_input" in data:
-            return config
-        return {**config, "data": {**data, "piece_input": "photo"}}
-
     def build_model(self, cfg: PuzzleConfig) -> nn.Module:
         return PuzzleLocator.from_config(cfg.model)
 
