@@ -25,15 +25,9 @@ def gaussian_smooth_labels(values: torch.Tensor, centers: torch.Tensor, sigma: f
     return weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
 
 
-def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against a target distribution, averaged over the batch: (B, K), (B, K) -> scalar."""
-    return -(target_probs * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
-
-
 def smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     return F.smooth_l1_loss(pred, target, beta=beta)
 
 
 LOSSES = Registry("loss")
-LOSSES.add("soft_cross_entropy", soft_cross_entropy)
 LOSSES.add("smooth_l1", smooth_l1)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from finescale.errors import FinescaleError
+from finescale.losses import gaussian_smooth_labels
 from finescale.nn.backbones import TimmEncoder, load_weights
 from finescale.pipelines.length.config import LengthModelConfig
 from finescale.pipelines.length.model import MultiScaleLengthModel, bin_centers
@@ -59,6 +60,15 @@ def test_separate_backbones_per_scale_when_not_shared():
 def test_bins_follow_the_config():
     centers = bin_centers(LengthModelConfig(bin_min=6.0, bin_max=16.0, bin_width=0.5))
     assert centers.numel() == 21 and centers[1] == pytest.approx(6.5) and centers[-1] == pytest.approx(16.0)
+
+
+def test_classification_loss_is_cross_entropy_against_gaussian_smooth_labels():
+    cfg = LengthModelConfig(scales=[32], use_crops=False, fusion_dim=16, aux_regression_weight=0.0, smooth_sigma=0.5)
+    model = MultiScaleLengthModel.from_config(cfg).eval()  # eval: no dropout, so both forward passes agree
+    b = batch(cfg)
+    smooth = gaussian_smooth_labels(b["length_mm"], model.centers, 0.5)
+    by_hand = -(smooth * model(b)["logits"].log_softmax(1)).sum(1).mean()
+    torch.testing.assert_close(model.loss(b)["cls"], by_hand)
 
 
 def test_fine_length_from_the_expectation_without_regression_head():

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from finescale.losses import gaussian_smooth_labels, nearest_bin, soft_cross_entropy
+from finescale.losses import gaussian_smooth_labels, nearest_bin
 
 CENTERS = torch.arange(6.0, 16.01, 0.5)
 
@@ -34,16 +34,15 @@ def test_sigma_zero_gives_one_hot_labels():
     torch.testing.assert_close(labels, expected)
 
 
-def test_soft_cross_entropy_equals_cross_entropy_on_one_hot_targets():
-    torch.manual_seed(0)
-    logits = torch.randn(5, 21)
-    targets = torch.randint(0, 21, (5,))
-    ours = soft_cross_entropy(logits, F.one_hot(targets, 21).float())
-    torch.testing.assert_close(ours, F.cross_entropy(logits, targets))
-
-
-def test_soft_cross_entropy_matches_torch_probability_targets():
+def test_cross_entropy_on_smooth_labels_equals_the_hand_formula():
+    # The length and puzzle losses call F.cross_entropy with probability targets: mean of -sum_k p_k log softmax(z)_k.
     torch.manual_seed(1)
     logits = torch.randn(3, 21)
-    probs = gaussian_smooth_labels(torch.tensor([7.2, 8.8, 14.1]), CENTERS, sigma=0.5)
-    torch.testing.assert_close(soft_cross_entropy(logits, probs), F.cross_entropy(logits, probs))
+    values = torch.tensor([7.2, 8.8, 14.1])
+    probs = gaussian_smooth_labels(values, CENTERS, sigma=0.5)
+    rows = zip(probs.tolist(), logits.softmax(1).tolist(), strict=True)
+    by_hand = sum(-sum(p * math.log(q) for p, q in zip(target, soft, strict=True)) for target, soft in rows) / 3
+    torch.testing.assert_close(F.cross_entropy(logits, probs), torch.tensor(by_hand))
+    # sigma = 0 (one-hot labels) is the class-index cross-entropy
+    hard = gaussian_smooth_labels(values, CENTERS, sigma=0.0)
+    torch.testing.assert_close(F.cross_entropy(logits, hard), F.cross_entropy(logits, nearest_bin(values, CENTERS)))

@@ -151,6 +151,18 @@ def test_losses_are_finite_and_backpropagate(changes: dict):
     assert len(maps["levels"]) == 3 and maps["probs"].shape[-2:] == (8, 8)
 
 
+def test_position_loss_with_hard_targets_is_class_index_cross_entropy():
+    # target_sigma = 0: the probability target is one-hot at (template, cell holding the box centre)
+    model = PuzzleLocator.from_config(PuzzleModelConfig(**TINY, target_sigma=0.0)).eval()
+    b = batch()
+    logits = model(b)["logits"]  # (B, K, H, W)
+    _, _, h, w = logits.shape
+    centre = (b["box"][:, :2] + b["box"][:, 2:]) / 2 * 64 / model.stride  # (B, 2) x, y in cells
+    cell = centre[:, 1].floor().long() * w + centre[:, 0].floor().long()
+    index = model._template_index(b["rotation"]) * h * w + cell
+    torch.testing.assert_close(model.loss(b)["pos"], F.cross_entropy(logits.flatten(1), index))
+
+
 def test_ciou_part_is_torchvisions_complete_box_iou_loss():
     model = PuzzleLocator.from_config(PuzzleModelConfig(**TINY, head="regression")).eval()
     b = batch()

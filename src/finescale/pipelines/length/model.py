@@ -12,10 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from finescale.errors import FinescaleError
-from finescale.losses import gaussian_smooth_labels, nearest_bin, smooth_l1, soft_cross_entropy
+from finescale.losses import gaussian_smooth_labels, nearest_bin, smooth_l1
 from finescale.nn.backbones import TimmEncoder
 from finescale.nn.fusion import FUSIONS
 from finescale.nn.signal import ProfileEncoder
@@ -62,11 +63,13 @@ class MultiScaleLengthModel(nn.Module):
         self.scale = float((centers.max() - centers.min()) / 2) or 1.0
 
     @classmethod
-    def from_config(cls, cfg: LengthModelConfig) -> MultiScaleLengthModel:
-        weights = Path(cfg.weights) if cfg.weights else None
+    def from_config(cls, cfg: LengthModelConfig, *, load_weights: bool = True) -> MultiScaleLengthModel:
+        """``load_weights=False``: the architecture only, no pretrained or --weights file read (a checkpoint
+        brings every weight)."""
+        weights = Path(cfg.weights) if cfg.weights and load_weights else None
 
         def encoder() -> TimmEncoder:
-            return TimmEncoder(name=cfg.backbone, pretrained=cfg.pretrained, weights=weights)
+            return TimmEncoder(name=cfg.backbone, pretrained=cfg.pretrained and load_weights, weights=weights)
 
         first = encoder()
         scale_encoders = nn.ModuleList([first] + [first if cfg.share_backbone else encoder() for _ in cfg.scales[1:]])
@@ -111,7 +114,7 @@ class MultiScaleLengthModel(nn.Module):
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         out = self(batch)
         target = batch["length_mm"]
-        cls_loss = soft_cross_entropy(out["logits"], gaussian_smooth_labels(target, self.centers, self.smooth_sigma))
+        cls_loss = F.cross_entropy(out["logits"], gaussian_smooth_labels(target, self.centers, self.smooth_sigma))
         losses = {"cls": cls_loss}
         total = cls_loss
         if self.regressor is not None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import complete_box_iou_loss
 
-from finescale.losses import smooth_l1, soft_cross_entropy
+from finescale.losses import smooth_l1
 from finescale.nn.correlation import LearnableTemperature, dense_correlation, pooled_correlation, rot90_stack
 from finescale.nn.fpn import FeaturePyramid
 from finescale.pipelines.puzzle.config import PuzzleModelConfig
@@ -196,15 +196,17 @@ class PuzzleLocator(nn.Module):
         self.stride = puzzle_encoder.strides[0]
 
     @classmethod
-    def from_config(cls, cfg: PuzzleModelConfig) -> PuzzleLocator:
+    def from_config(cls, cfg: PuzzleModelConfig, *, load_weights: bool = True) -> PuzzleLocator:
+        """``load_weights=False``: the architecture only, no pretrained or --weights file read (a checkpoint
+        brings every weight)."""
         cfg = getattr(cfg, "model", cfg)  # the whole run config works too
-        weights = Path(cfg.weights) if cfg.weights else None
+        weights = Path(cfg.weights) if cfg.weights and load_weights else None
 
         def pyramid() -> FeaturePyramid:
             return FeaturePyramid(
                 name=cfg.backbone,
                 out_channels=cfg.fpn_channels,
-                pretrained=cfg.pretrained,
+                pretrained=cfg.pretrained and load_weights,
                 weights=weights,
                 norm=cfg.norm,
             )
@@ -311,7 +313,7 @@ class PuzzleLocator(nn.Module):
         v = (box[:, 1] + box[:, 3]) / (2 * self.stride)
         target = torch.zeros_like(logits)
         target[index, template] = position_target(u, v, (h, w), self.target_sigma)
-        losses = {"pos": soft_cross_entropy(logits.flatten(1), target.flatten(1))}
+        losses = {"pos": F.cross_entropy(logits.flatten(1), target.flatten(1))}
         cx, cy = u.floor().long().clamp(0, w - 1), v.floor().long().clamp(0, h - 1)
         offsets = torch.tensor(NEIGHBOURS, device=logits.device)
         cells = torch.stack([cy, cx], dim=1)[:, None] + offsets[None]
