@@ -25,16 +25,6 @@ BEST = "best.ckpt"
 LAST = "last.ckpt"
 
 
-def parse_devices(devices: str) -> int | list[int] | str:
-    """``"auto"`` stays, ``"2"`` -> 2 devices, ``"0,1"`` -> those device indices."""
-    text = str(devices).strip()
-    if text == "auto":
-        return "auto"
-    if "," in text:
-        return [int(part) for part in text.split(",") if part.strip()]
-    return int(text)
-
-
 def quiet_lightning() -> None:
     """Silence Lightning's hints that are noise for small CPU runs (worker counts, TPU/IPU availability)."""
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda", "lightning.fabric"):
@@ -94,7 +84,7 @@ def build_trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.epochs,
         accelerator=cfg.accelerator,
-        devices=parse_devices(cfg.devices),
+        devices=cfg.devices,  # Lightning parses "auto", "2", "0,1", "-1"
         strategy=cfg.strategy,
         num_nodes=cfg.num_nodes,
         precision=cfg.precision,
