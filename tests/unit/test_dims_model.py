@@ -103,8 +103,26 @@ def test_soft_embedding_mixes_class_vectors_hard_picks_one():
 
 @pytest.mark.parametrize("source", ["soft", "hard", "features", "none"])
 def test_regressor_runs_with_each_embedding_source(source: str):
-    model = DimsRegressor.from_config(DimsConfig.model_validate(regress_config(embedding_source=source)))
-    assert model.predict(batch())["length_mm"].shape == (4,)
+    """With ``none`` the regressor sees the image only: changing the classifiers leaves its sizes as they were;
+    every other source feeds them in, so the sizes move."""
+    torch.manual_seed(0)
+    model = DimsRegressor.from_config(DimsConfig.model_validate(regress_config(embedding_source=source))).eval()
+    b = batch()
+    before = model.predict(b)
+    assert before["length_mm"].shape == (4,)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for embedder in (model.company_embedder, model.model_embedder):
+            for p in embedder.parameters():
+                p.add_(torch.randn(p.shape, generator=generator))
+    after = model.predict(b)
+    assert not torch.equal(after["model_probs"], before["model_probs"])  # the classifiers did change
+    sizes = torch.stack([before["length_mm"], before["diameter_mm"]])
+    changed = torch.stack([after["length_mm"], after["diameter_mm"]])
+    if source == "none":
+        torch.testing.assert_close(changed, sizes, rtol=0, atol=0)
+    else:
+        assert (changed - sizes).abs().max() > 1e-3
 
 
 def test_embedders_load_from_classifier_state_dicts():
