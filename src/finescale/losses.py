@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from finescale.registry import Registry
-
 
 def nearest_bin(values: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """Index of the closest bin centre for each value: (B,) float -> (B,) long."""
@@ -27,7 +25,3 @@ def gaussian_smooth_labels(values: torch.Tensor, centers: torch.Tensor, sigma: f
 
 def smooth_l1(pred: torch.Tensor, target: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
     return F.smooth_l1_loss(pred, target, beta=beta)
-
-
-LOSSES = Registry("loss")
-LOSSES.add("smooth_l1", smooth_l1)

@@ -1,9 +1,9 @@
-"""Plain-dict registries for backbones, heads, losses and pipelines.
+"""Plain-dict registries for the blocks a config string selects.
 
 Each table lives in the module that defines its entries and is filled there explicitly (``FUSIONS`` in
-:mod:`finescale.nn.fusion`, ``BACKBONES`` in :mod:`finescale.nn.backbones`, ``LOSSES`` in :mod:`finescale.losses`;
-the pipeline table in :mod:`finescale.pipelines`), so importing a table always gives it full, never depending on
-some other module having been imported first. Adding a name twice is a bug and raises.
+:mod:`finescale.nn.fusion` for ``length``'s ``fusion``, ``ATTENTIONS`` in :mod:`finescale.nn.attention` for
+``dims``' ``attention``), so importing a table always gives it full, never depending on some other module having been
+imported first. Adding a name twice is a bug and raises. A table nothing looks up by name does not belong here.
 """
 
 from __future__ import annotations

@@ -1,9 +1,12 @@
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+import finescale
 from finescale.engine.optim import ParamGroup, build_optimizer, build_param_groups, warmup_cosine
 from finescale.errors import FinescaleError
 from finescale.nn.fusion import FUSIONS
@@ -18,6 +21,15 @@ def test_registry_rejects_duplicates_and_names_the_choices():
     with pytest.raises(FinescaleError, match="choose one of: a"):
         table.get("b")
     assert set(FUSIONS) == {"concat", "attention"}
+
+
+def test_every_registry_is_looked_up_by_name_somewhere():
+    # a table that nothing reads by name (was: BACKBONES, LOSSES) is dead code: use it or remove it
+    sources = {p: p.read_text() for p in Path(finescale.__file__).parent.rglob("*.py")}
+    tables = {m for text in sources.values() for m in re.findall(r"^(\w+) = Registry\(", text, re.MULTILINE)}
+    assert tables == {"FUSIONS", "ATTENTIONS"}
+    for table in tables:
+        assert any(re.search(rf"\b{table}\.(create|get)\(", text) for text in sources.values()), table
 
 
 def test_warmup_then_cosine_by_hand():

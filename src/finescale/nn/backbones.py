@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from finescale.errors import FinescaleError
-from finescale.registry import Registry
 
 log = logging.getLogger("finescale")
 
@@ -77,7 +76,3 @@ def load_weights(module: nn.Module, path: Path) -> None:
         raise FinescaleError(f"no tensor in {path} matches the backbone's parameters")
     module.load_state_dict(matched, strict=False)
     log.info("loaded %d/%d tensors from %s", len(matched), len(own), path)
-
-
-BACKBONES = Registry("backbone")
-BACKBONES.add("timm", TimmEncoder)
