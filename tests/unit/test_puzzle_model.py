@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -210,8 +212,29 @@ def test_locate_on_a_large_puzzle_runs_tiled_and_returns_boxes_inside():
         np.rot90(puzzle[y : y + 90, x : x + 80], k) for k, (y, x) in enumerate([(10, 20), (800, 1300), (400, 700)])
     ]
     cfg = PuzzleDataConfig(tile=256, tile_overlap=64, piece_chunk=2, band_mb=8)
-    assert len(tile_starts(round(1000 * 64 / 90 / 32) * 32, cfg.tile, cfg.tile_overlap)) > 1  # really tiled
-    results = locate(model, puzzle, pieces, cfg)
+
+    def puzzle_inputs(cfg: PuzzleDataConfig) -> tuple[list[dict], list[tuple[int, int]]]:
+        """``locate``'s results and the (H, W) of every input the puzzle encoder saw that was not a piece batch."""
+        seen: list[tuple[int, int]] = []
+        side = cfg.piece_window
+
+        def record(module: torch.nn.Module, args: tuple) -> None:
+            if tuple(args[0].shape[-2:]) != (side, side):
+                seen.append(tuple(args[0].shape[-2:]))
+
+        handle = model.puzzle_encoder.register_forward_pre_hook(record)
+        try:
+            return locate(model, puzzle, pieces, cfg), seen
+        finally:
+            handle.remove()
+
+    _, whole = puzzle_inputs(cfg.model_copy(update={"tile": 2048}))
+    assert len(whole) == 1  # one tile larger than the rescaled puzzle: encoded in one piece
+    full_h, full_w = whole[0]
+    results, tiles = puzzle_inputs(cfg)
+    assert len(tiles) > 1 and all(h <= cfg.tile and w <= cfg.tile for h, w in tiles)  # really tiled
+    assert sum(h * w for h, w in tiles) >= full_h * full_w  # and the tiles cover the whole rescaled puzzle
+    assert {h for h, _ in tiles} <= {cfg.tile, full_h} and {w for _, w in tiles} <= {cfg.tile, full_w}
     assert len(results) == 3
     for r in results:
         x1, y1, x2, y2 = r["box"]
@@ -231,10 +254,16 @@ def test_channels_last_inference_places_pieces_as_the_plain_model_does():
     puzzle = (np.kron(rng.random((60, 80, 3)), np.ones((4, 4, 1))) * 255).astype(np.uint8)
     pieces = [np.rot90(puzzle[y : y + 48, x : x + 40], k) for k, (y, x) in enumerate([(8, 16), (150, 250)])]
     cfg = PuzzleDataConfig(piece_input="photo")
-    plain = locate(model, puzzle, pieces, cfg, proposals=3)
+    reference = copy.deepcopy(model)  # an independent plain copy: inference_model converts ``model`` in place
     fast = inference_model(SimpleNamespace(model=model))
-    assert fast.puzzle_encoder is model.puzzle_encoder
-    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) for p in fast.parameters())
+    kernels = [(a, b) for a, b in zip(reference.parameters(), fast.parameters(), strict=True) if a.dim() == 4]
+    assert kernels and all(a.is_contiguous() for a, _ in kernels)  # the copy stayed in the default format
+    spatial = [(a, b) for a, b in kernels if a.shape[-2:] != (1, 1)]  # 1 x 1 kernels look alike in both formats
+    assert spatial and all(
+        b.is_contiguous(memory_format=torch.channels_last) and not b.is_contiguous() for _, b in spatial
+    )
+    assert all(torch.equal(a, b) for a, b in kernels)  # same numbers, another layout
+    plain = locate(reference, puzzle, pieces, cfg, proposals=3)
     for a, b in zip(plain, locate(fast, puzzle, pieces, cfg, proposals=3), strict=True):
         np.testing.assert_allclose(a["box"], b["box"], atol=1e-2)
         assert a["rotation"] == b["rotation"]
