@@ -11,7 +11,15 @@ import pytest
 from PIL import Image
 
 import finescale.data.images as images
-from finescale.data.images import check_image, letterbox_square, read_image, to_uint8
+from finescale.data.images import (
+    IMAGE_SUFFIXES,
+    as_rgb,
+    as_rgb_uint8,
+    check_image,
+    letterbox_square,
+    read_image,
+    to_uint8,
+)
 from finescale.errors import FinescaleError, ImageReadError
 
 H, W = 48, 64
@@ -266,6 +274,30 @@ def test_to_uint8(tmp_path: Path):
     np.testing.assert_array_equal(roundtrip, PIC)
     with pytest.raises(TypeError):
         to_uint8(np.array([1, 2], np.int64))
+
+
+def test_as_rgb_and_as_rgb_uint8():
+    grey = np.array([[0.0, 0.5], [1.0, 0.25]], np.float32)
+    np.testing.assert_array_equal(as_rgb(grey), np.stack([grey] * 3, axis=-1))
+    rgba = np.arange(2 * 2 * 4, dtype=np.uint8).reshape(2, 2, 4)
+    np.testing.assert_array_equal(as_rgb(rgba), rgba[..., :3])
+    np.testing.assert_array_equal(as_rgb_uint8(grey), np.stack([to_uint8(grey)] * 3, axis=-1))
+    np.testing.assert_array_equal(as_rgb_uint8(rgba), rgba[..., :3])
+    assert as_rgb_uint8(rgba).flags.c_contiguous
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    assert np.shares_memory(as_rgb_uint8(rgb), rgb)  # big puzzles already in the right format are not copied
+    with pytest.raises(ValueError):
+        as_rgb(np.zeros((4, 4, 2)))
+
+
+@pytest.mark.parametrize("suffix", sorted(IMAGE_SUFFIXES))
+def test_every_image_suffix_reads(tmp_path: Path, suffix: str):
+    # the one list of suffixes that folder scans take (predict inputs, synth photos): each must decode
+    path = tmp_path / f"pic{suffix}"
+    Image.fromarray(PIC).save(path, **({"lossless": True} if suffix == ".webp" else {}))
+    got = to_uint8(read_image(path))
+    tolerance = 3 if suffix in (".jpg", ".jpeg") else 0
+    assert got.shape == PIC.shape and np.abs(got.astype(int) - PIC).max() <= tolerance
 
 
 def test_letterbox_square_pads_wide_image_centred():

@@ -12,7 +12,10 @@ from PIL import Image, UnidentifiedImageError
 
 from finescale.errors import ImageReadError
 
-__all__ = ["check_image", "letterbox_square", "read_image", "to_uint8"]
+__all__ = ["IMAGE_SUFFIXES", "as_rgb", "as_rgb_uint8", "check_image", "letterbox_square", "read_image", "to_uint8"]
+
+# The files taken as images wherever a folder is scanned (predict inputs, synth's source photos); all decode here.
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp"})
 
 # ITU-R BT.601 luma weights (what OpenCV and Pillow use), applied to R, G, B.
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -126,8 +129,8 @@ def read_image(path: str | os.PathLike[str], mode: Literal["gray", "rgb"] = "gra
     if mode == "gray":
         if img.ndim == 3:
             img = np.clip(img @ LUMA_WEIGHTS, 0.0, 1.0)
-    elif img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
+    else:
+        img = as_rgb(img)
     return np.ascontiguousarray(img, dtype=np.float32)
 
 
@@ -156,6 +159,24 @@ def to_uint8(img: np.ndarray) -> np.ndarray:
         scaled = np.nan_to_num(img.astype(np.float32), nan=0.0)
         return np.rint(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
     raise TypeError(f"to_uint8 expects a float, bool, uint8 or uint16 image, got {img.dtype}")
+
+
+def as_rgb(img: np.ndarray) -> np.ndarray:
+    """An (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image as (H, W, 3) of the same dtype: grey is repeated, alpha
+    dropped (a view where nothing is repeated)."""
+    img = np.asarray(img)
+    if img.ndim == 2:
+        img = img[..., None]
+    if img.ndim != 3 or img.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
+    return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img[..., :3]
+
+
+def as_rgb_uint8(img: np.ndarray) -> np.ndarray:
+    """An image as contiguous RGB uint8 (H, W, 3): grey repeated, alpha dropped, other dtypes through
+    :func:`to_uint8` (floats in [0, 1] scaled); contiguous uint8 RGB comes back as is, without a copy."""
+    img = np.asarray(img)
+    return np.ascontiguousarray(as_rgb(img if img.dtype == np.uint8 else to_uint8(img)))
 
 
 def letterbox_square(img: np.ndarray, fill: float = 0.0) -> tuple[np.ndarray, tuple[int, int, float]]:

@@ -7,11 +7,29 @@ from pathlib import Path
 
 import timm
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from finescale.errors import FinescaleError
 
 log = logging.getLogger("finescale")
+
+
+class ImageNormalize(nn.Module):
+    """(B, 1 or 3, H, W) in [0, 1] -> (B, 3, H, W) normalised with a timm model's mean/std (``pretrained_cfg``,
+    ImageNet's when it has none). Grey is repeated to three channels so that pretrained RGB weights apply unchanged.
+    mean/std are non-persistent buffers: they follow ``.to(device)`` but stay out of the state dict."""
+
+    def __init__(self, pretrained_cfg: dict | None) -> None:
+        super().__init__()
+        cfg = pretrained_cfg or {}
+        self.register_buffer("mean", torch.tensor(cfg.get("mean", IMAGENET_DEFAULT_MEAN)).view(1, 3, 1, 1), False)
+        self.register_buffer("std", torch.tensor(cfg.get("std", IMAGENET_DEFAULT_STD)).view(1, 3, 1, 1), False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return (images - self.mean) / self.std
 
 
 class TimmEncoder(nn.Module):
@@ -30,15 +48,11 @@ class TimmEncoder(nn.Module):
         self.net = _create(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path_rate)
         if weights is not None:
             load_weights(self.net, weights)
-        cfg = self.net.pretrained_cfg or {}
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), False)
+        self.normalize = ImageNormalize(self.net.pretrained_cfg)
         self.out_dim: int = int(self.net.num_features)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        return self.net((images - self.mean) / self.std)
+        return self.net(self.normalize(images))
 
 
 def _create(name: str, **kwargs) -> nn.Module:

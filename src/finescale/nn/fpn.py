@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops import FeaturePyramidNetwork
 
 from finescale.errors import FinescaleError
-from finescale.nn.backbones import load_weights
+from finescale.nn.backbones import ImageNormalize, load_weights
 
 PYRAMID_STRIDES = (8, 16, 32)
 
@@ -57,15 +57,11 @@ class FeaturePyramid(nn.Module):
         self.stage_indices = [max(i for i, r in enumerate(reductions) if r == s) for s in PYRAMID_STRIDES]
         channels = self.body.feature_info.channels()
         self.fpn = FeaturePyramidNetwork([channels[i] for i in self.stage_indices], out_channels)
-        cfg = self.body.pretrained_cfg or {}
-        self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1), False)
-        self.register_buffer("std", torch.tensor(cfg.get("std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1), False)
+        self.normalize = ImageNormalize(self.body.pretrained_cfg)
         self.out_channels = out_channels
         self.strides: tuple[int, ...] = PYRAMID_STRIDES
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        stages = self.body((images - self.mean) / self.std)
+        stages = self.body(self.normalize(images))
         levels = OrderedDict((f"p{i + 3}", stages[j]) for i, j in enumerate(self.stage_indices))
         return list(self.fpn(levels).values())

@@ -9,26 +9,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from finescale.data.images import IMAGE_SUFFIXES, as_rgb_uint8, read_image, to_uint8
 from finescale.errors import FinescaleError
 
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 # scikit-image photos that ship with the wheel (no network); grey ones become RGB. `cat` repeats `chelsea`.
 SKIMAGE_PHOTOS = (
     "astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
     "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "stereo_motorcycle", "text",
 )  # fmt: skip
 MAX_PHOTO_SIDE = 3200
-
-
-def _as_rgb(img: np.ndarray) -> np.ndarray:
-    """Any uint8/bool/float photo (grey, RGB or RGBA) as a contiguous uint8 RGB array."""
-    from finescale.data.images import to_uint8
-
-    img = to_uint8(img) if img.dtype != np.uint8 else img
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    return np.ascontiguousarray(img[..., :3])
 
 
 @lru_cache(maxsize=1)
@@ -41,7 +31,7 @@ def _skimage_photos() -> tuple[tuple[str, np.ndarray], ...]:
             img = getattr(skimage.data, name)()
         except Exception:  # a photo that needs a download (or is missing) is simply skipped
             continue
-        photos.append((name, _as_rgb(img[0] if isinstance(img, tuple) else img)))
+        photos.append((name, as_rgb_uint8(img[0] if isinstance(img, tuple) else img)))
     return tuple(photos)
 
 
@@ -52,15 +42,13 @@ def load_photos(images: str | Path | None = None) -> dict[str, np.ndarray]:
     """
     if images is None:
         return dict(_skimage_photos())
-    from finescale.data.images import read_image
-
     folder = Path(images)
     if not folder.is_dir():
         raise FinescaleError(f"--images {folder} is not a folder.")
     photos = {}
     for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         try:
-            img = _as_rgb(read_image(path, "rgb"))
+            img = to_uint8(read_image(path, "rgb"))
         except FinescaleError:
             continue
         if min(img.shape[:2]) < 32:

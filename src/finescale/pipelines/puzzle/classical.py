@@ -22,7 +22,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from finescale.pipelines.puzzle.piece_photo import as_rgb_uint8, piece_mask, skew_angle, straighten
+from finescale.data.images import as_rgb_uint8
+from finescale.pipelines.puzzle.piece_photo import piece_mask, skew_angle, straighten
 
 
 def sanitize_scores(res: np.ndarray) -> np.ndarray:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from finescale.data.images import as_rgb_uint8
+
 MIN_PIECE_PIXELS = 16  # a smaller mask means nothing stood out from the table
 
 
@@ -113,17 +115,3 @@ def crop_to_mask(img: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
         return img, mask
     y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
     return img[y0:y1, x0:x1], mask[y0:y1, x0:x1]
-
-
-def as_rgb_uint8(img: np.ndarray) -> np.ndarray:
-    """An image as RGB uint8 (H, W, 3): grey is repeated, alpha dropped, floats in [0, 1] scaled; uint8 RGB as is."""
-    from finescale.data.images import to_uint8
-
-    img = np.asarray(img)
-    if img.dtype != np.uint8:
-        img = to_uint8(img)
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.ndim != 3 or img.shape[2] not in (3, 4):
-        raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {img.shape}")
-    return np.ascontiguousarray(img[..., :3])

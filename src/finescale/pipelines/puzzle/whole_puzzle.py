@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from finescale.data.images import as_rgb
 from finescale.pipelines.puzzle.classical import Candidate
 from finescale.pipelines.puzzle.config import PuzzleConfig, PuzzleDataConfig
 from finescale.pipelines.puzzle.data import fit_square, piece_scale, piece_side, puzzle_scale, rescale, to_tensor
@@ -63,10 +64,7 @@ def encode_tiled(model: PuzzleLocator, image: np.ndarray, *, tile: int, overlap:
 
 
 def _as_float(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    image = image[..., :3]
+    image = as_rgb(image)
     if image.dtype == np.uint8:
         return image.astype(np.float32) / 255.0
     return np.clip(image.astype(np.float32), 0.0, 1.0)
