@@ -1,21 +1,33 @@
-"""Reading a stored Optuna study: the trials table, the best parameters, parameter importances and two plots
-(optimisation history, importances). Used by ``finescale hpo analyze`` and at the end of every ``hpo`` run."""
+"""Reading a stored Optuna study: the trials table, the best parameters, parameter importances and Optuna's two
+plots (optimisation history, importances). Used by ``finescale hpo analyze`` and at the end of every ``hpo`` run."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import logging
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import optuna
 
 from finescale.errors import FinescaleError
 from finescale.serialize import to_jsonable, write_json
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
 log = logging.getLogger("finescale")
+
+
+class StudySummary(dict):
+    """:func:`summarize`'s plain-JSON fields, plus the study they describe (``.study``, not a field) for the plots."""
+
+    def __init__(self, study: optuna.Study, fields: Mapping[str, Any]) -> None:
+        super().__init__(fields)
+        self.study = study
 
 
 def load(storage: str, study_name: str | None = None) -> optuna.Study:
@@ -35,12 +47,12 @@ def load(storage: str, study_name: str | None = None) -> optuna.Study:
     return optuna.load_study(study_name=study_name, storage=storage)
 
 
-def analyze(storage: str, study_name: str | None = None) -> dict[str, Any]:
+def analyze(storage: str, study_name: str | None = None) -> StudySummary:
     """Best trial, every trial's state, parameters and value, and parameter importances of a stored study."""
     return summarize(load(storage, study_name))
 
 
-def summarize(study: optuna.Study) -> dict[str, Any]:
+def summarize(study: optuna.Study) -> StudySummary:
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     states = [t.state.name.lower() for t in study.trials]
     summary: dict[str, Any] = {
@@ -65,32 +77,43 @@ def summarize(study: optuna.Study) -> dict[str, Any]:
         best = study.best_trial
         summary.update(best_value=best.value, best_params=best.params, best_run_dir=best.user_attrs.get("run_dir"))
         summary["importances"] = _importances(study) if len(done) >= 2 else {}
-    return summary
+    return StudySummary(study, summary)
+
+
+def _evaluator() -> optuna.importance.BaseImportanceEvaluator:
+    """fANOVA (seeded: the plot shows the numbers of analysis.json) when scikit-learn is there, else PED-ANOVA."""
+    if importlib.util.find_spec("sklearn") is not None:
+        return optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return optuna.importance.PedAnovaImportanceEvaluator()
 
 
 def _importances(study: optuna.Study) -> dict[str, float]:
-    """fANOVA importances when scikit-learn is there, else PED-ANOVA (no extra dependency); {} if neither works."""
-    for evaluator in (optuna.importance.FanovaImportanceEvaluator, optuna.importance.PedAnovaImportanceEvaluator):
-        try:
-            values = optuna.importance.get_param_importances(study, evaluator=evaluator())
-            return {k: round(float(v), 4) for k, v in values.items()}
-        except Exception as err:  # missing optional dependency, or too few distinct trials
-            log.debug("importance with %s failed: %s", evaluator.__name__, err)
-    return {}
+    """Parameter importances by :func:`_evaluator`; {} when they cannot be computed (too few distinct trials)."""
+    try:
+        values = optuna.importance.get_param_importances(study, evaluator=_evaluator())
+    except Exception as err:
+        log.debug("parameter importances failed: %s", err)
+        return {}
+    return {k: round(float(v), 4) for k, v in values.items()}
 
 
 def write_analysis(summary: Mapping[str, Any], out: Path) -> list[Path]:
-    """``out/analysis.json``, ``out/trials.csv`` (one row per trial), ``out/best_params.json`` and the plots
-    ``out/optimization_history.png``, ``out/param_importances.png``; returns the paths written."""
+    """``out/analysis.json``, ``out/trials.csv`` (one row per trial), ``out/best_params.json`` and, for a
+    :class:`StudySummary`, the plots ``out/optimization_history.png``, ``out/param_importances.png``; returns the
+    paths written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_json(out / "analysis.json", summary), _write_trials_csv(summary["trials"], out / "trials.csv")]
     if summary.get("best_params") is not None:
         best = {"value": summary["best_value"], "params": summary["best_params"], "run_dir": summary["best_run_dir"]}
         paths.append(write_json(out / "best_params.json", best))
-    paths.append(plot_history(summary, out / "optimization_history.png"))
+    study = getattr(summary, "study", None)
+    if study is None:
+        log.warning("no study to plot (a plain summary): %s has no plots", out)
+        return paths
+    paths.append(_save(history_axes, study, out / "optimization_history.png"))
     if summary.get("importances"):
-        paths.append(plot_importances(summary["importances"], out / "param_importances.png"))
+        paths.append(_save(importance_axes, study, out / "param_importances.png"))
     return paths
 
 
@@ -105,42 +128,41 @@ def _write_trials_csv(trials: list[Mapping[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_history(summary: Mapping[str, Any], path: Path) -> Path:
-    """Each complete trial's value in trial order, with the best-so-far line (what Optuna calls the history)."""
-    import matplotlib.pyplot as plt
+def history_axes(study: optuna.Study) -> Axes:
+    """Optuna's optimisation history (each complete trial's value, the best so far), pruned trials as grey lines.
+    Optuna switches matplotlib to its ggplot style: call inside ``plt.rc_context()``, as :func:`_save` does."""
+    from optuna.visualization.matplotlib import plot_optimization_history
 
-    done = [t for t in summary["trials"] if t["state"] == "complete"]
-    numbers = np.array([t["number"] for t in done], dtype=float)
-    values = np.array([t["value"] for t in done], dtype=float)
-    better = np.minimum if summary["direction"] == "minimize" else np.maximum
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    ax.scatter(numbers, values, s=18, label="trial")
-    if values.size:
-        ax.step(numbers, better.accumulate(values), where="post", color="C1", label="best so far")
-    pruned = [t["number"] for t in summary["trials"] if t["state"] == "pruned"]
+    ax = _quietly(plot_optimization_history, study)
+    pruned = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,))]
     for number in pruned:
-        ax.axvline(number, color="0.8", lw=0.8, zorder=0)
-    ax.set_xlabel("trial" + (" (grey lines: pruned)" if pruned else ""))
-    ax.set_ylabel("objective")
-    ax.set_title(f"{summary['study']}: optimisation history")
-    ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+        ax.axvline(number, color="0.6", lw=0.8, zorder=0)
+    if pruned:
+        ax.set_xlabel("Trial (grey lines: pruned)")
+    ax.set_title(f"{study.study_name}: optimisation history")
+    return ax
 
 
-def plot_importances(importances: Mapping[str, float], path: Path) -> Path:
+def importance_axes(study: optuna.Study) -> Axes:
+    """Optuna's importance bars, by the evaluator that gives ``summary["importances"]``."""
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    return _quietly(plot_param_importances, study, evaluator=_evaluator())
+
+
+def _quietly(plot: Callable[..., Axes], study: optuna.Study, **kwargs: Any) -> Axes:
+    with warnings.catch_warnings():  # optuna's matplotlib plots are marked experimental (unchanged since 2.2)
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return plot(study, **kwargs)
+
+
+def _save(plot: Callable[[optuna.Study], Axes], study: optuna.Study, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    names = list(importances)[::-1]  # most important on top
-    fig, ax = plt.subplots(figsize=(6, 0.4 * len(names) + 1.2), dpi=110)
-    ax.barh(names, [importances[n] for n in names], color="C0")
-    ax.set_xlabel("importance (share of objective variance)")
-    ax.set_title("parameter importances")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with plt.rc_context():  # keeps optuna's ggplot style out of other plots
+        fig = plot(study).figure
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
     return path
 
 
