@@ -60,6 +60,27 @@ def synth_puzzles(
     typer.echo(json.dumps(to_jsonable(summary)))
 
 
+def _synth_command(name: str) -> Callable[..., None]:
+    def command(
+        out: Annotated[Path, typer.Option("--out", help="output folder (train/val/test.json and the data)")],
+        n: Annotated[int | None, typer.Option("--n", min=1, help="records (default: the demo's size)")] = None,
+        seed: Annotated[int, typer.Option("--seed")] = 0,
+    ) -> None:
+        from finescale.pipelines import get_pipeline
+
+        pipeline = get_pipeline(name)
+        typer.echo(json.dumps(to_jsonable(pipeline.synth(out, n=n or pipeline.demo_size, seed=seed))))
+
+    command.__doc__ = f"The {name} pipeline's synthetic data (its Pipeline entry's synth), default size."
+    return command
+
+
+def _add_synth_commands() -> None:
+    # `synth <pipeline>` for every pipeline (the contract); `implants` and `puzzles` keep their extra options
+    for name in PIPELINE_NAMES:
+        synth_app.command(name)(_synth_command(name))
+
+
 @app.command("bench")
 def bench(
     pipeline: Annotated[str, typer.Argument(help=f"one of: {', '.join(PIPELINE_NAMES)}")],
@@ -203,6 +224,7 @@ def main() -> None:
     )
     try:
         _add_pipeline_apps()
+        _add_synth_commands()
         _add_hpo_commands()
         app()
     except FinescaleError as err:

@@ -1,49 +1,68 @@
-"""The verbs every pipeline shares (``train``, ``eval``, ``predict``), built from its :class:`Pipeline` entry."""
-
-from __future__ import annotations
+"""The one builder of a pipeline's CLI: the shared verbs ``train``, ``eval`` and ``predict``, built from the
+pipeline's config class and the options it declares. A pipeline's ``cli.py`` calls :func:`pipeline_app` and may add
+verbs of its own to the returned app (``dims classify``). Nothing here imports torch: the pipeline itself is
+imported only when a verb runs, so ``--help`` and argument errors stay fast.
+"""
 
 import json
+import sys
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from finescale.cli_options import config_flags
+from finescale.cli_options import config_flags, merged, option_flags
 from finescale.config import build_config
 from finescale.errors import FinescaleError
-from finescale.pipelines import get_pipeline
 from finescale.serialize import to_jsonable
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 Out = Annotated[Path, typer.Option("--out", help="run directory (config, checkpoints, logs, metrics, report)")]
 Preset = Annotated[str, typer.Option("--preset", help="quick (CPU, minutes) or full (the seed's GPU settings)")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file merged over the preset")]
 Resume = Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last.ckpt")]
-Checkpoint = Annotated[Path, typer.Option("--checkpoint", help="checkpoint file or run directory")]
+Checkpoint = Annotated[Path | None, typer.Option("--checkpoint", help="checkpoint file or run directory")]
+Device = Annotated[str, typer.Option("--device", help="where the model runs: auto (CUDA when present), cpu, cuda:0")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="inputs per model call")]
+Workers = Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader processes reading the inputs")]
+EvalOut = Annotated[Path | None, typer.Option("--out", help="metrics file (default: RUN/metrics.json)")]
 
 
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Image files as given, folders expanded to the images they hold (sorted)."""
-    paths: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            paths.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            paths.append(item)
-    if not paths:
-        raise FinescaleError("no input images given")
-    return paths
+def echo_json(value: Any) -> None:
+    typer.echo(json.dumps(to_jsonable(value)))
 
 
 def pipeline_app(
-    name: str, config_class: type, summary: str, verbs: tuple[str, ...] = ("train", "eval", "predict")
+    name: str,
+    config_class: type,
+    summary: str,
+    *,
+    hidden_sections: Collection[str] = (),
+    checkpoint_required: bool = True,
+    inputs_help: str = "image files or folders of images",
+    eval_options: Mapping[str, Any] | None = None,
+    predictor_options: Mapping[str, Any] | None = None,
+    predict_options: Mapping[str, Any] | None = None,
 ) -> typer.Typer:
-    """Typer app with the shared ``verbs`` (a pipeline whose eval or predict takes other inputs adds its own); the
-    pipeline itself (torch and all) is imported only when a verb runs."""
+    """The Typer app of pipeline ``name`` with its ``train``, ``eval`` and ``predict`` verbs.
+
+    * ``train`` has one flag per field of ``config_class`` (except the ``hidden_sections``).
+    * ``eval --checkpoint --json [--out] [--device]`` plus ``eval_options``, passed to ``Pipeline.evaluate``.
+    * ``predict --checkpoint INPUT... [--batch-size] [--num-workers] [--device]`` plus ``predictor_options``
+      (passed to ``Pipeline.predictor_class``) and ``predict_options`` (passed to each ``predict`` call); one JSON
+      line per input on stdout, unreadable inputs reported on stderr (exit status 1 after the rest).
+    * ``checkpoint_required=False``: a pipeline that also predicts without training (puzzle's classical matcher)
+      gets ``task=None`` when no ``--checkpoint`` is given.
+    Options given as None (left out) are not passed on, so the pipeline's own defaults apply.
+    """
     app = typer.Typer(help=summary, no_args_is_help=True)
 
-    @config_flags(config_class)
+    def need(checkpoint: Path | None) -> None:
+        if checkpoint is None and checkpoint_required:
+            raise FinescaleError("give --checkpoint (a run directory or a .ckpt file)")
+
+    @app.command("train")
+    @config_flags(config_class, hidden=hidden_sections)
     def train(
         out: Out,
         preset: Preset = "quick",
@@ -52,34 +71,60 @@ def pipeline_app(
         overrides: dict[str, Any] | None = None,
     ) -> None:
         """Train on --train-json, pick the best epoch on --val-json; writes everything into --out."""
-        pipeline = get_pipeline(name)
         cfg = build_config(config_class, preset=preset, config_file=config, overrides=overrides)
         if cfg.train_json is None or cfg.val_json is None:
             raise FinescaleError("give --train-json and --val-json (or set them in --config)")
-        summary = pipeline.train(cfg, out, resume=resume)
-        typer.echo(json.dumps(to_jsonable(summary)))
+        from finescale.pipelines import get_pipeline
 
+        echo_json(get_pipeline(name).train(cfg, out, resume=resume))
+
+    @app.command("eval")
+    @option_flags(into="options", **(eval_options or {}))
     def evaluate(
-        checkpoint: Checkpoint,
         json_path: Annotated[Path, typer.Option("--json", help="manifest to evaluate on")],
-        out: Annotated[Path | None, typer.Option("--out", help="metrics file (default: RUN/metrics.json)")] = None,
+        checkpoint: Checkpoint = None,
+        out: EvalOut = None,
+        device: Device = "auto",
+        options: dict[str, Any] | None = None,
     ) -> None:
         """Metrics of a checkpoint on a manifest, with plots and the HTML report."""
-        metrics = get_pipeline(name).evaluate(checkpoint, json_path, out=out)
-        typer.echo(json.dumps(to_jsonable(metrics)))
+        need(checkpoint)
+        from finescale.pipelines import get_pipeline
 
+        echo_json(get_pipeline(name).evaluate(checkpoint, json_path, out, device=device, **(options or {})))
+
+    @app.command("predict")
+    @option_flags(into="options", **merged(predictor_options, predict_options))
     def predict(
-        inputs: Annotated[list[Path], typer.Argument(help="image files or folders of images")],
-        checkpoint: Checkpoint,
+        inputs: Annotated[list[Path], typer.Argument(help=inputs_help)],
+        checkpoint: Checkpoint = None,
+        batch_size: BatchSize = 32,
+        num_workers: Workers = 0,
+        device: Device = "auto",
+        options: dict[str, Any] | None = None,
     ) -> None:
-        """One JSON line per image on stdout."""
+        """One JSON line per input on stdout."""
+        need(checkpoint)
         from finescale.engine.checkpoints import load_predictor
+        from finescale.pipelines import get_pipeline
 
-        predictor = load_predictor(checkpoint)
-        for path in expand_inputs(inputs):
-            typer.echo(json.dumps(to_jsonable(predictor.predict(path))))
+        options = options or {}
+        build = {k: v for k, v in options.items() if k in (predictor_options or {})}
+        build.update(batch_size=batch_size, num_workers=num_workers, device=device)
+        call = {k: v for k, v in options.items() if k not in build}
+        if checkpoint is not None:
+            predictor = load_predictor(checkpoint, pipeline=name, **build)
+        else:
+            predictor = get_pipeline(name).predictor_class(None, **build)
+        answers = predictor.predict(inputs, progress=True, **call)
+        failed = [a for a in answers if "error" in a]
+        for answer in answers:
+            if "error" in answer:
+                print(f"error: {answer['error']}", file=sys.stderr)
+            else:
+                echo_json(answer)
+        if failed:
+            print(f"error: {len(failed)} of {len(answers)} inputs could not be read", file=sys.stderr)
+            raise typer.Exit(1)
 
-    for verb, command in (("train", train), ("eval", evaluate), ("predict", predict)):
-        if verb in verbs:
-            app.command(verb)(command)
     return app

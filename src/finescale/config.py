@@ -174,8 +174,9 @@ def build_config(
     # survives an override of one field of that section.
     data: dict[str, Any] = cls().model_dump(mode="json")
     path = preset_path(data["pipeline"], preset)
-    if path.exists():
-        data = deep_merge(data, read_yaml(path))
+    if not path.exists():  # a preset that silently fell back to the defaults would mislead: refuse
+        raise FinescaleError(f"the {data['pipeline']} pipeline ships no {preset!r} preset ({path.name} is missing)")
+    data = deep_merge(data, read_yaml(path))
     if config_file is not None:
         data = deep_merge(data, read_yaml(config_file))
     data["preset"] = preset

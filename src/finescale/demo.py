@@ -16,13 +16,6 @@ from finescale.eval.report import write_index
 from finescale.pipelines import PIPELINE_NAMES, get_pipeline
 from finescale.serialize import write_json
 
-SIZES = ("n", "train_seconds")
-
-
-def _key(pipeline: str, metric: str) -> str:
-    """Flat metrics.json key: prefixed by the pipeline (dims_length_mae_mm) unless it already names it."""
-    return metric if metric.startswith(pipeline) else f"{pipeline}_{metric}"
-
 
 def _section_file(config_file: Path | None, pipeline: str, folder: Path) -> Path | None:
     """The YAML to merge over ``pipeline``'s quick preset. A demo config may hold one section per pipeline
@@ -69,11 +62,9 @@ def run_demo(
             config_file=_section_file(config_file, pipeline.name, out / "configs"),
         )
         runs[pipeline.name] = run_dir
-        per_task[pipeline.name] = {
-            k: metrics[k] for k in (*pipeline.bench_metrics, "n", "train_seconds") if k in metrics
-        }
-        summary.update({_key(pipeline.name, k): v for k, v in per_task[pipeline.name].items() if k not in SIZES})
-        summary[f"{pipeline.name}_n_test"] = metrics.get("n")
+        per_task[pipeline.name] = {k: metrics[k] for k in (*pipeline.bench_metrics, "train_seconds") if k in metrics}
+        summary.update({k: metrics.get(k) for k in pipeline.bench_metrics})  # pipeline metrics carry its name
+        summary[f"{pipeline.name}_n_test"] = metrics.get(f"{pipeline.name}_n")
         summary[f"{pipeline.name}_train_seconds"] = metrics.get("train_seconds")
     summary["demo_seconds"] = round(time.perf_counter() - start, 1)
     write_json(out / "metrics.json", summary)

@@ -39,22 +39,28 @@ def checkpoint_config(ckpt: dict[str, Any]) -> dict[str, Any]:
         raise FinescaleError("checkpoint holds no finescale config (was it written by finescale?)") from None
 
 
-def load_task(path: str | Path) -> Any:
-    """Rebuild the pipeline's LightningModule from a checkpoint, in eval mode on the CPU."""
+def load_task(path: str | Path, *, pipeline: str | None = None) -> Any:
+    """Rebuild the pipeline's LightningModule from a checkpoint, in eval mode on the CPU. The model is built without
+    its pretrained or ``--weights`` files (the checkpoint holds every weight), so a run predicts without them.
+    ``pipeline``: the pipeline the caller expects; a checkpoint of another one is refused in one line."""
     from finescale.pipelines import get_pipeline
 
     ckpt = read_checkpoint(path)
     config = checkpoint_config(ckpt)
-    pipeline = get_pipeline(config["pipeline"])
-    if pipeline.upgrade_config is not None:
-        config = pipeline.upgrade_config(config)
-    task = pipeline.task_class(config)
+    name = config.get("pipeline")
+    if pipeline is not None and name != pipeline:
+        raise FinescaleError(f"{resolve_checkpoint(path)} is a {name} checkpoint, not a {pipeline} one")
+    entry = get_pipeline(name)
+    if entry.upgrade_config is not None:
+        config = entry.upgrade_config(config)
+    task = entry.task_class(config, load_weights=False)
     task.load_state_dict(ckpt["state_dict"])
     return task.eval()
 
 
-def load_predictor(path: str | Path) -> Any:
+def load_predictor(path: str | Path, *, pipeline: str | None = None, **options: Any) -> Any:
+    """The predictor of the run at ``path`` (``Pipeline.predictor_class(task, **options)``)."""
     from finescale.pipelines import get_pipeline
 
-    task = load_task(path)
-    return get_pipeline(task.cfg.pipeline).predictor_class(task)
+    task = load_task(path, pipeline=pipeline)
+    return get_pipeline(task.cfg.pipeline).predictor_class(task, **options)

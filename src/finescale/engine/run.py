@@ -38,9 +38,13 @@ def manifest_metrics(manifests: Mapping[str, Manifest]) -> dict[str, int]:
     for split, manifest in manifests.items():
         flat[f"{split}_n_total"] = manifest.n_total
         flat[f"{split}_n_valid"] = len(manifest.records)
-        for reason, count in manifest.skipped.items():
-            flat[f"{split}_skipped_{reason}"] = count
+        flat.update(skipped_counts(split, manifest))
     return flat
+
+
+def skipped_counts(split: str, manifest: Manifest) -> dict[str, int]:
+    """``{"<split>_skipped_<reason>": count}`` of the records the manifest's validation skipped."""
+    return {f"{split}_skipped_{reason}": count for reason, count in manifest.skipped.items()}
 
 
 def update_metrics(path: Path, new: Mapping[str, Any]) -> dict[str, Any]:

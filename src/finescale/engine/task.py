@@ -25,14 +25,17 @@ class TaskModule(L.LightningModule):
     monitor: ClassVar[str]  # validation metric that picks best.ckpt, e.g. "val/length_mae_mm"
     monitor_mode: ClassVar[str] = "min"
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], *, load_weights: bool = True) -> None:
+        """``load_weights=False`` builds the architecture only, without reading pretrained or ``--weights`` files:
+        the checkpoint loader's way, since the checkpoint brings every weight (as torchvision keeps ``weights``
+        apart from the architecture)."""
         super().__init__()
         self.save_hyperparameters({"config": config})
         self.cfg = self.config_class.model_validate(config)
-        self.model = self.build_model(self.cfg)
+        self.model = self.build_model(self.cfg, load_weights=load_weights)
 
     # ------------------------------------------------------------------ to implement per pipeline
-    def build_model(self, cfg: RunConfig) -> nn.Module:
+    def build_model(self, cfg: RunConfig, *, load_weights: bool = True) -> nn.Module:
         raise NotImplementedError
 
     def update_val_metrics(self, batch: Any, prediction: dict[str, torch.Tensor]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from finescale.config import build_config
 from finescale.errors import FinescaleError
 from finescale.eval import plots
-from finescale.pipelines import Pipeline
+from finescale.pipelines import Pipeline, prefix_metrics
 from finescale.serialize import read_json, write_json
 
 log = logging.getLogger("finescale")
@@ -44,14 +44,14 @@ def run_variant(
     """Train and test one configuration in ``run_dir``; reuses a finished run and resumes a crashed one.
     ``callbacks`` are extra Lightning callbacks for the training (e.g. an HPO pruner)."""
     done = run_dir / TEST_METRICS
-    if done.exists():
-        return read_json(done)
+    if done.exists():  # keys written before every metric carried the pipeline's name are read under today's
+        return prefix_metrics(pipeline.name, read_json(done))
     cfg = build_config(pipeline.config_class, preset=preset, config_file=config_file, overrides=overrides)
     resume = (run_dir / "last.ckpt").exists()
     start = time.perf_counter()
     summary = pipeline.train(cfg, run_dir, resume=resume, callbacks=callbacks)
     seconds = time.perf_counter() - start
-    metrics = pipeline.evaluate(run_dir / "best.ckpt", test_json, out=done)
+    metrics = pipeline.evaluate(run_dir / "best.ckpt", test_json, done)
     metrics = {**metrics, "train_seconds": summary.get("train_seconds", seconds)}
     write_json(done, metrics)
     return metrics

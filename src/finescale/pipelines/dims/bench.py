@@ -11,13 +11,13 @@ from typing import Any
 from finescale.pipelines.dims.config import DimsConfig
 
 METRICS = (
-    "avg_mae_mm",
-    "length_mae_mm",
-    "diameter_mae_mm",
-    "unseen_avg_mae_mm",
-    "unseen_length_mae_mm",
-    "unseen_diameter_mae_mm",
-    "model_accuracy",
+    "dims_avg_mae_mm",
+    "dims_length_mae_mm",
+    "dims_diameter_mae_mm",
+    "dims_unseen_avg_mae_mm",
+    "dims_unseen_length_mae_mm",
+    "dims_unseen_diameter_mae_mm",
+    "dims_model_accuracy",
 )
 
 

@@ -2,8 +2,9 @@
 
 One config class serves both stages: ``stage: classify`` trains a company or model classifier (the embedding models),
 ``stage: regress`` the length/diameter regressor that reuses them. The CLI verbs only show the flags of their stage
-(:class:`ClassifyOptions`, :class:`RegressOptions`); the label vocabularies and the classifiers' architectures are
-filled in by the workflow and travel in the checkpoint, so a checkpoint alone predicts company and model names.
+(``dims classify`` hides the ``regress`` section, ``dims train`` the ``classify`` one); the label vocabularies and
+the classifiers' architectures are filled in by the workflow and travel in the checkpoint, so a checkpoint alone
+predicts company and model names.
 """
 
 from __future__ import annotations
@@ -106,31 +107,13 @@ def _trainer() -> TrainerConfig:
     return TrainerConfig(epochs=4, batch_size=16, lr=2e-3)
 
 
-class ClassifyOptions(RunConfig):
-    """The flags of ``finescale dims classify``."""
-
-    pipeline: Literal["dims"] = "dims"
-    trainer: TrainerConfig = Field(default_factory=_trainer)
-    model: DimsModelConfig = Field(default_factory=DimsModelConfig)
-    classify: DimsClassifyConfig = Field(default_factory=DimsClassifyConfig)
-    data: DimsDataConfig = Field(default_factory=DimsDataConfig)
-
-
-class RegressOptions(RunConfig):
-    """The flags of ``finescale dims train``."""
-
-    pipeline: Literal["dims"] = "dims"
-    trainer: TrainerConfig = Field(default_factory=_trainer)
-    model: DimsModelConfig = Field(default_factory=DimsModelConfig)
-    regress: DimsRegressConfig = Field(default_factory=DimsRegressConfig)
-    data: DimsDataConfig = Field(default_factory=DimsDataConfig)
-
-
 class DimsConfig(RunConfig):
     """Everything a dims run needs; what is saved as config.yaml and in the checkpoint."""
 
     pipeline: Literal["dims"] = "dims"
-    stage: Literal["classify", "regress"] = "regress"
+    stage: Literal["classify", "regress"] = Field(
+        "regress", description="set by the verb: classify or regress", json_schema_extra={"flag": False}
+    )
     trainer: TrainerConfig = Field(default_factory=_trainer)
     model: DimsModelConfig = Field(default_factory=DimsModelConfig)
     classify: DimsClassifyConfig = Field(default_factory=DimsClassifyConfig)

@@ -147,9 +147,10 @@ class DimsRegressor(nn.Module):
         self.register_buffer("scale", torch.tensor(list(target_scale), dtype=torch.float32), persistent=False)
 
     @classmethod
-    def from_config(cls, cfg: DimsConfig) -> DimsRegressor:
+    def from_config(cls, cfg: DimsConfig, *, load_weights: bool = True) -> DimsRegressor:
         """Needs ``cfg.embedders`` (filled by the workflow from the classifier checkpoints) for the two
-        classifiers' architectures; their weights are loaded separately (:meth:`load_embedders`)."""
+        classifiers' architectures; their weights are loaded separately (:meth:`load_embedders`).
+        ``load_weights=False`` skips the visual backbone's pretrained/--weights loading (a checkpoint brings them)."""
         embedders = {}
         for target in ("company", "model"):
             spec = cfg.embedders.get(target)
@@ -158,8 +159,8 @@ class DimsRegressor(nn.Module):
             embedders[target] = ImplantClassifier.from_config(
                 DimsModelConfig.model_validate(spec["model"]), n_classes=len(spec["labels"]), target=target, load=False
             )
-        weights = Path(cfg.model.weights) if cfg.model.weights else None
-        visual = TimmEncoder(name=cfg.model.backbone, pretrained=cfg.model.pretrained, weights=weights)
+        weights = Path(cfg.model.weights) if cfg.model.weights and load_weights else None
+        visual = TimmEncoder(name=cfg.model.backbone, pretrained=cfg.model.pretrained and load_weights, weights=weights)
         reg = cfg.regress
         attention = ATTENTIONS.create(
             reg.attention_type,

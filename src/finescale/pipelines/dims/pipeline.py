@@ -1,6 +1,6 @@
 """The ``dims`` entry of the pipeline table."""
 
-from finescale.pipelines import Pipeline
+from finescale.pipelines import Pipeline, manifest_images
 from finescale.pipelines.dims.bench import METRICS, bench_shared, bench_variants
 from finescale.pipelines.dims.config import DimsConfig
 from finescale.pipelines.dims.predict import DimsPredictor
@@ -21,5 +21,15 @@ PIPELINE = Pipeline(
     bench_metrics=METRICS,
     bench_shared=bench_shared,
     search=SEARCH,
+    example_inputs=manifest_images,
+    smoke={
+        "image_size": 64,
+        "embedding_dim": 16,
+        "attention_dim": 16,
+        "head_dim": 16,
+        "mc_samples": 4,
+        "batch_size": 8,
+        "epochs": 1,
+    },
     demo_size=600,  # three short trainings (two classifiers, the regressor) beside length's in the demo
 )

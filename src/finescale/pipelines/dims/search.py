@@ -26,4 +26,4 @@ def search_space(trial: Any, cfg: DimsConfig) -> dict[str, Any]:
     }
 
 
-SEARCH = SearchSpace(suggest=search_space, objective="avg_mae_mm", direction="minimize")
+SEARCH = SearchSpace(suggest=search_space, objective="dims_avg_mae_mm", direction="minimize")

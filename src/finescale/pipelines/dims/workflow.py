@@ -9,24 +9,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
+from rich.console import Console
+from rich.progress import track
+from torch.utils.data import DataLoader
 
 from finescale.engine.checkpoints import checkpoint_config, load_task, read_checkpoint, resolve_checkpoint
-from finescale.engine.run import METRICS, check_run_dir, fit_and_report, update_metrics
+from finescale.engine.predictor import move_to, resolve_device
+from finescale.engine.run import METRICS, check_run_dir, fit_and_report, skipped_counts, update_metrics
 from finescale.engine.trainer import BEST, LAST
 from finescale.engine.unfreeze import ProgressiveUnfreezing
 from finescale.errors import FinescaleError
 from finescale.eval import plots
 from finescale.eval.report import Figure, Section, write_report
+from finescale.pipelines import prefix_metrics
 from finescale.pipelines.dims.catalogue import read_catalogue
 from finescale.pipelines.dims.config import TARGETS, DimsConfig
-from finescale.pipelines.dims.data import DimsDataModule, combination, load_records, read_vocabularies
-from finescale.pipelines.dims.predict import (
-    DimsPredictor,
-    classify_metrics,
-    collect_predictions,
-    regression_metrics,
-)
+from finescale.pipelines.dims.data import DimsDataModule, combination, load_records, make_dataset, read_vocabularies
+from finescale.pipelines.dims.metrics import classify_metrics, regression_metrics
+from finescale.pipelines.dims.predict import DimsPredictor
 from finescale.pipelines.dims.task import DimsClassifierTask, DimsRegressionTask
 
 log = logging.getLogger("finescale")
@@ -154,38 +156,67 @@ def training_combinations(path: str | Path | None) -> set[tuple[str, float, floa
 
 
 def evaluate(
-    checkpoint: str | Path, manifest: str | Path, out: str | Path | None = None, *, train_json: str | Path | None = None
+    checkpoint: str | Path,
+    manifest: str | Path,
+    out: str | Path | None = None,
+    *,
+    train_json: str | Path | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Metrics of a dims checkpoint (regressor or classifier) on ``manifest``, merged into ``out`` (default: the
-    run's metrics.json), with plots and the report beside it. A regressor is also scored on the records whose
-    (model, length, diameter) combination is absent from ``train_json`` (default: the run's training manifest)."""
+    """Metrics of a dims checkpoint (regressor or classifier) on ``manifest`` (``dims/metrics.py``), merged into
+    ``out`` (default: the run's metrics.json), with plots and the report beside it. A regressor is also scored on
+    the records whose (model, length, diameter) combination is absent from ``train_json`` (default: the run's
+    training manifest). The model runs on ``device`` (``auto``: CUDA when present)."""
     ckpt = resolve_checkpoint(checkpoint)
     out = Path(out) if out else ckpt.parent / METRICS
-    predictor = DimsPredictor(load_task(ckpt))
-    cfg = predictor.cfg
+    task = load_task(ckpt, pipeline="dims")
+    cfg = task.cfg
     plot_dir = out.parent / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
     if cfg.stage == "classify":
         target = cfg.classify.target
         data = load_records(manifest, target=target)
-        arrays = collect_predictions(predictor, data.records, batch_size=cfg.trainer.batch_size)
-        metrics = classify_metrics(arrays, target)
+        arrays = collect(task, data.records, device)
+        metrics = classify_metrics({"probs": arrays["probs"], "true": arrays[f"true_{target}"]})
         figures = [_confusion(arrays, target, cfg.labels(target), plot_dir)]
     else:
         data = load_records(manifest)
-        arrays = collect_predictions(predictor, data.records, batch_size=cfg.trainer.batch_size)
+        arrays = collect(task, data.records, device)
         seen = training_combinations(train_json or cfg.train_json)
-        snapped = predictor.snap(arrays)
-        metrics = regression_metrics(snapped, data.records, seen)
+        unseen = None if seen is None else np.array([combination(r) not in seen for r in data.records], dtype=bool)
+        snapped = DimsPredictor.snap_config(cfg, arrays)
+        metrics = regression_metrics(snapped, unseen)
         if snapped is not arrays:  # the regressor alone, to show what snapping adds
-            raw = regression_metrics(arrays, data.records, seen)
-            metrics.update({f"raw_{k}": v for k, v in raw.items() if k.endswith("mae_mm")})
+            raw = regression_metrics(arrays, unseen)
+            metrics.update({k.replace("dims_", "dims_raw_", 1): v for k, v in raw.items() if k.endswith("mae_mm")})
         arrays = snapped
         figures = regression_figures(arrays, plot_dir) + [_confusion(arrays, "model", cfg.data.models, plot_dir)]
-    metrics.update({f"eval_skipped_{k}": v for k, v in data.skipped.items()})
+    metrics.update(prefix_metrics("dims", skipped_counts("eval", data)))
     merged = update_metrics(out, metrics)
     write_report(out.parent, title=TITLE, sections=[Section("Evaluation on " + Path(manifest).name, figures)])
     return merged if out.name == METRICS else metrics
+
+
+def collect(task: Any, records: list[dict], device: str) -> dict[str, np.ndarray]:
+    """Deterministic predictions over validated records, with the true values beside them, as arrays."""
+    where = resolve_device(device)
+    model = task.model.eval().to(where)
+    loader = DataLoader(
+        make_dataset(task.cfg, records, train=False, cache=False),  # each image is read once
+        batch_size=task.cfg.trainer.batch_size,
+        num_workers=task.cfg.trainer.num_workers,
+    )
+    parts: dict[str, list[torch.Tensor]] = {}
+    with torch.inference_mode():
+        for batch in track(loader, description="evaluating", console=Console(stderr=True), transient=True):
+            batch = move_to(batch, where)
+            pred = model.predict(batch)
+            pred.pop("embedding", None)
+            for key in ("length_mm", "diameter_mm", "company", "model"):
+                pred[f"true_{key}"] = batch[key]
+            for key, value in pred.items():
+                parts.setdefault(key, []).append(value.float() if value.is_floating_point() else value)
+    return {key: torch.cat(values).cpu().numpy() for key, values in parts.items()}
 
 
 def regression_figures(arrays: dict[str, np.ndarray], plot_dir: Path) -> list[Figure]:

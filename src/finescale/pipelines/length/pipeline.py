@@ -1,6 +1,6 @@
 """The ``length`` entry of the pipeline table."""
 
-from finescale.pipelines import Pipeline
+from finescale.pipelines import Pipeline, manifest_images
 from finescale.pipelines.length.baselines import pixel_extent_baseline
 from finescale.pipelines.length.bench import METRICS, bench_variants
 from finescale.pipelines.length.config import LengthConfig
@@ -20,5 +20,7 @@ PIPELINE = Pipeline(
     bench_variants=bench_variants,
     bench_metrics=METRICS,
     extra_baselines=pixel_extent_baseline,
+    example_inputs=manifest_images,
+    smoke={"scales": [32, 48], "crop_size": 32, "fusion_dim": 32, "batch_size": 8, "epochs": 1},
     demo_size=3000,  # about 2000 training images: fewer overfit within the quick budget
 )

@@ -1,14 +1,28 @@
-"""LightningModule of the ``length`` pipeline: the shared task plus its validation metrics."""
+"""LightningModule of the ``length`` pipeline: the shared task plus its validation scores (``length/metrics.py``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torchmetrics import MeanAbsoluteError, MeanMetric
 
 from finescale.engine.task import TaskModule
+from finescale.eval.scores import CollectedScores
 from finescale.pipelines.length.config import LengthConfig
+from finescale.pipelines.length.metrics import length_metrics
 from finescale.pipelines.length.model import MultiScaleLengthModel
+
+SCORED = ("fine_mm", "bin_index", "bin_mm", "expected_mm", "regression_mm", "true_mm", "true_bin")
+
+
+def length_scores() -> CollectedScores:
+    """Validation and evaluation alike: the model's predictions beside the true lengths, scored by length_metrics."""
+    return CollectedScores(SCORED, length_metrics)
+
+
+def scored_values(model: MultiScaleLengthModel, batch: dict, prediction: dict[str, torch.Tensor]) -> dict:
+    """What :func:`length_scores` collects from one batch."""
+    values = {k: v for k, v in prediction.items() if k in SCORED}
+    return {**values, "true_mm": batch["length_mm"], "true_bin": model.target_bins(batch["length_mm"])}
 
 
 class LengthTask(TaskModule):
@@ -16,28 +30,17 @@ class LengthTask(TaskModule):
     monitor = "val/length_mae_mm"
     monitor_mode = "min"
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
-        self.val_mae = MeanAbsoluteError()
-        self.val_bin_acc = MeanMetric()
-        self.val_within_1 = MeanMetric()
+    def __init__(self, config: dict, *, load_weights: bool = True) -> None:
+        super().__init__(config, load_weights=load_weights)
+        self.val_scores = length_scores()
 
-    def build_model(self, cfg: LengthConfig) -> nn.Module:
-        return MultiScaleLengthModel.from_config(cfg.model)
+    def build_model(self, cfg: LengthConfig, *, load_weights: bool = True) -> nn.Module:
+        return MultiScaleLengthModel.from_config(cfg.model, load_weights=load_weights)
 
     def update_val_metrics(self, batch: dict, prediction: dict[str, torch.Tensor]) -> None:
-        true_bins = self.model.target_bins(batch["length_mm"])
-        distance = (prediction["bin_index"] - true_bins).abs()
-        self.val_mae.update(prediction["fine_mm"], batch["length_mm"])
-        self.val_bin_acc.update((distance == 0).float())
-        self.val_within_1.update((distance <= 1).float())
+        self.val_scores.update(**scored_values(self.model, batch, prediction))
 
-    def compute_val_metrics(self) -> dict[str, torch.Tensor]:
-        metrics = {
-            "length_mae_mm": self.val_mae.compute(),
-            "length_bin_accuracy": self.val_bin_acc.compute(),
-            "length_within_1bin": self.val_within_1.compute(),
-        }
-        for metric in (self.val_mae, self.val_bin_acc, self.val_within_1):
-            metric.reset()
-        return metrics
+    def compute_val_metrics(self) -> dict[str, float]:
+        metrics = self.val_scores.compute()
+        self.val_scores.reset()
+        return {k: v for k, v in metrics.items() if k != "length_n"}

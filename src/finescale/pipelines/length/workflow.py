@@ -7,16 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
+from rich.console import Console
+from rich.progress import track
+from torch.utils.data import DataLoader
 
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
-from finescale.engine.run import METRICS, fit_and_report, update_metrics
+from finescale.engine.predictor import move_to, resolve_device
+from finescale.engine.run import METRICS, fit_and_report, skipped_counts, update_metrics
 from finescale.eval import plots
 from finescale.eval.report import Figure, Section, write_report
+from finescale.pipelines import prefix_metrics
 from finescale.pipelines.length.config import LengthConfig
-from finescale.pipelines.length.data import LengthDataModule
-from finescale.pipelines.length.predict import LengthPredictor, evaluate_records
-from finescale.pipelines.length.task import LengthTask
+from finescale.pipelines.length.data import LengthDataModule, LengthDataset, load_records
+from finescale.pipelines.length.task import LengthTask, length_scores, scored_values
 
 TITLE = "finescale length: implant length from a radiograph"
 
@@ -35,15 +40,32 @@ def train(
     )
 
 
-def evaluate(checkpoint: str | Path, manifest: str | Path, out: str | Path | None = None) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on ``manifest``, merged into ``out`` (default: the run's metrics.json), with plots
-    and the report beside it."""
+def evaluate(
+    checkpoint: str | Path,
+    manifest: str | Path,
+    out: str | Path | None = None,
+    *,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Metrics of ``checkpoint`` on ``manifest`` (``length/metrics.py``), merged into ``out`` (default: the run's
+    metrics.json), with plots and the report beside it. The model runs on ``device`` (``auto``: CUDA when present)."""
     ckpt = resolve_checkpoint(checkpoint)
     out = Path(out) if out else ckpt.parent / METRICS
-    predictor = LengthPredictor(load_task(ckpt))
-    metrics, arrays = evaluate_records(predictor, manifest)
+    task = load_task(ckpt, pipeline="length")
+    device_ = resolve_device(device)
+    model = task.model.to(device_)
+    data = load_records(manifest)
+    dataset = LengthDataset(data.records, task.cfg.model, augment=False, cache=False)
+    loader = DataLoader(dataset, batch_size=task.cfg.trainer.batch_size, num_workers=task.cfg.trainer.num_workers)
+    scores = length_scores().to(device_)
+    with torch.inference_mode():
+        for batch in track(loader, description="evaluating", console=Console(stderr=True), transient=True):
+            batch = move_to(batch, device_)
+            scores.update(**scored_values(model, batch, model.predict(batch)))
+    metrics = {**scores.compute(), **prefix_metrics("length", skipped_counts("eval", data))}
     merged = update_metrics(out, metrics)
-    figures = evaluation_figures(arrays, predictor.centers, out.parent / "plots")
+    arrays = {k: v.cpu().numpy() for k, v in scores.collected().items()}
+    figures = evaluation_figures(arrays, model.centers.tolist(), out.parent / "plots")
     write_report(out.parent, title=TITLE, sections=[Section("Evaluation on " + Path(manifest).name, figures)])
     return merged if out.name == METRICS else metrics
 

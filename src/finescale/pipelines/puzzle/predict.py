@@ -1,12 +1,14 @@
 """Placing pieces in whole puzzles, by the trained model or by the classical matcher, behind one interface:
 ``locate(puzzle_rgb, piece_photos) -> [{"box", "rotation", "confidence"}]`` with boxes in puzzle pixels.
 
-:class:`HybridPredictor` is what ``finescale.load(run)`` returns for a puzzle run; ``predict(puzzle, pieces)`` gives
-the dicts the CLI prints, one per piece, and can write an overlay PNG of the boxes on the puzzle.
+:class:`HybridPredictor` is what ``finescale.load(run)`` returns for a puzzle run (:func:`puzzle_predictor` picks
+the method); ``predict(pieces, puzzle=...)`` gives the dicts the CLI prints, one per piece, and can write an overlay
+PNG of the boxes on the puzzle.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,19 +17,24 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from finescale.data.images import read_image, to_uint8
+from finescale.engine.predictor import Input, PreparedImages, expand_inputs, input_name, resolve_device
+from finescale.errors import FinescaleError
 from finescale.pipelines.puzzle.classical import Candidate, ClassicalMatcher, PreparedPiece, PuzzleIndex
 from finescale.pipelines.puzzle.piece_photo import as_rgb_uint8, piece_mask
 from finescale.pipelines.puzzle.whole_puzzle import locate
 
 PRED_COLOUR, TRUE_COLOUR = (255, 40, 40), (40, 220, 40)
+log = logging.getLogger("finescale")
 
 
-def inference_model(task: Any) -> torch.nn.Module:
-    """The task's locator ready for placing pieces: eval mode, weights in channels-last memory format (the
-    convolutions over the large puzzle run about a third faster on CPU that way; same numbers up to round-off)."""
-    return task.model.eval().to(memory_format=torch.channels_last)
+def inference_model(task: Any, device: str = "cpu") -> torch.nn.Module:
+    """The task's locator ready for placing pieces: eval mode on ``device`` (``auto``: CUDA when present), weights
+    in channels-last memory format (the convolutions over the large puzzle run about a third faster on CPU that way;
+    same numbers up to round-off)."""
+    return task.model.eval().to(resolve_device(device), memory_format=torch.channels_last)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -35,31 +42,53 @@ def read_rgb(path: str | Path) -> np.ndarray:
     return to_uint8(read_image(path, "rgb"))
 
 
-class PuzzlePredictor:
+class FilePredictor:
+    """What the three methods share: ``predict(pieces, puzzle=...)`` reads the piece photos in DataLoader workers
+    (``batch_size`` per read batch, ``num_workers`` processes) and places them all against the puzzle encoded once
+    (see :func:`predict_files`); subclasses implement ``locate``."""
+
+    method = ""
+
+    def __init__(self, *, batch_size: int = 32, num_workers: int = 0) -> None:
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
+        raise NotImplementedError
+
+    def predict(
+        self,
+        pieces: Input | Sequence[Input],
+        *,
+        puzzle: str | Path | None = None,
+        overlay: str | Path | None = None,
+        progress: bool = False,
+    ) -> list[dict]:
+        return predict_files(self, pieces, puzzle=puzzle, overlay=overlay, progress=progress)
+
+
+class PuzzlePredictor(FilePredictor):
     """The trained locator: the puzzle is encoded once per call, then every piece is scored against it."""
 
     method = "learned"
 
-    def __init__(self, task: Any) -> None:
+    def __init__(self, task: Any, *, batch_size: int = 32, num_workers: int = 0, device: str = "auto") -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.cfg = task.cfg
-        self.model = inference_model(task)
+        self.model = inference_model(task, device)
 
     def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
         with torch.inference_mode():
             return locate(self.model, puzzle, list(pieces), self.cfg)
 
-    def predict(
-        self, puzzle: str | Path, pieces: Sequence[str | Path], *, overlay: str | Path | None = None
-    ) -> list[dict]:
-        return predict_files(self, puzzle, pieces, overlay=overlay)
 
-
-class ClassicalPredictor:
+class ClassicalPredictor(FilePredictor):
     """The training-free matcher (SIFT + RANSAC, else masked template matching) behind the same interface."""
 
     method = "classical"
 
-    def __init__(self, matcher: ClassicalMatcher | None = None) -> None:
+    def __init__(self, matcher: ClassicalMatcher | None = None, *, batch_size: int = 32, num_workers: int = 0) -> None:
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.matcher = matcher or ClassicalMatcher()
 
     def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
@@ -68,13 +97,8 @@ class ClassicalPredictor:
             for r in self.matcher.match_many(puzzle, list(pieces))
         ]
 
-    def predict(
-        self, puzzle: str | Path, pieces: Sequence[str | Path], *, overlay: str | Path | None = None
-    ) -> list[dict]:
-        return predict_files(self, puzzle, pieces, overlay=overlay)
 
-
-class HybridPredictor:
+class HybridPredictor(FilePredictor):
     """The method used with a checkpoint: the trained locator proposes, the classical matcher verifies.
 
     The model scores every piece against the puzzle encoded once and proposes its ``proposals`` best (turn,
@@ -97,11 +121,15 @@ class HybridPredictor:
         refine_top: int = 2,
         accept: float = 0.96,  # the lowest whose validation accuracy equals always falling back (README)
         matcher: ClassicalMatcher | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        device: str = "auto",
     ) -> None:
         if proposals < 1:
             raise ValueError(f"proposals must be at least 1, got {proposals}")
+        super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.cfg = task.cfg
-        self.model = inference_model(task)
+        self.model = inference_model(task, device)
         self.proposals = proposals
         self.accept = accept
         self.refine_top = refine_top
@@ -126,11 +154,6 @@ class HybridPredictor:
         self.stage_seconds["learned"] += middle - masked
         self.stage_seconds["verify"] += time.perf_counter() - middle
         return results
-
-    def predict(
-        self, puzzle: str | Path, pieces: Sequence[str | Path], *, overlay: str | Path | None = None
-    ) -> list[dict]:
-        return predict_files(self, puzzle, pieces, overlay=overlay)
 
 
 def verify_guess(
@@ -195,30 +218,57 @@ def same_place(a: Candidate, b: Candidate, tolerance: float) -> bool:
 
 
 def predict_files(
-    predictor: PuzzlePredictor | ClassicalPredictor | HybridPredictor,
-    puzzle: str | Path,
-    pieces: Sequence[str | Path],
+    predictor: FilePredictor,
+    pieces: Input | Sequence[Input],
     *,
+    puzzle: str | Path | None,
     overlay: str | Path | None = None,
+    progress: bool = False,
 ) -> list[dict]:
     """Per piece ``{"piece", "box" [x1, y1, x2, y2] puzzle pixels, "rotation" k, "rotation_deg", "confidence",
-    "method"}``; with ``overlay`` the boxes are drawn on the puzzle and written there as PNG."""
+    "method"}`` (``{"piece", "error"}`` for a photo that cannot be read); with ``overlay`` the boxes are drawn on
+    the puzzle and written there as PNG. The photos are decoded in DataLoader workers, then placed in one call, so
+    the puzzle is encoded once for all of them."""
+    if puzzle is None:
+        raise FinescaleError("give the whole puzzle picture (--puzzle FILE)")
+    if not Path(puzzle).is_file():
+        raise FinescaleError(f"puzzle picture {puzzle} not found")
     image = read_rgb(puzzle)
-    results = predictor.locate(image, [read_rgb(p) for p in pieces])
-    out = [
-        {
-            "piece": str(path),
-            "box": [round(float(v), 1) for v in r["box"]],
-            "rotation": int(r["rotation"]),
-            "rotation_deg": 90 * int(r["rotation"]),
-            "confidence": round(float(r["confidence"]), 4),
-            "method": predictor.method,
-            **({"fallback": bool(r["fallback"])} if "fallback" in r else {}),
-        }
-        for path, r in zip(pieces, results, strict=True)
-    ]
+    items = expand_inputs(pieces)
+    loader = DataLoader(
+        PreparedImages(items, to_uint8, "rgb"),
+        batch_size=predictor.batch_size,
+        num_workers=predictor.num_workers,
+        collate_fn=list,
+    )
+    decoded = [item for part in loader for item in part]
+    good = [item for item in decoded if "views" in item]
+    if progress:
+        log.info("placing %d pieces in %s (%s)", len(good), puzzle, predictor.method)
+    results = dict(
+        zip((it["index"] for it in good), predictor.locate(image, [it["views"] for it in good]), strict=True)
+    )
+    out = []
+    for item in decoded:
+        name = input_name(items[item["index"]], item["index"])
+        if "error" in item:
+            out.append({"piece": name, "error": item["error"]})
+            continue
+        r = results[item["index"]]
+        out.append(
+            {
+                "piece": name,
+                "box": [round(float(v), 1) for v in r["box"]],
+                "rotation": int(r["rotation"]),
+                "rotation_deg": 90 * int(r["rotation"]),
+                "confidence": round(float(r["confidence"]), 4),
+                "method": predictor.method,
+                **({"fallback": bool(r["fallback"])} if "fallback" in r else {}),
+            }
+        )
     if overlay is not None:
-        write_overlay(image, out, overlay, labels=[Path(p).stem for p in pieces])
+        placed = [a for a in out if "error" not in a]
+        write_overlay(image, placed, overlay, labels=[Path(a["piece"]).stem for a in placed])
     return out
 
 
@@ -253,3 +303,37 @@ def _box(canvas: np.ndarray, box: Sequence[float], scale: float, colour: tuple, 
     x1, y1, x2, y2 = (round(float(v) * scale) for v in box)
     cv2.rectangle(canvas, (x1, y1), (x2, y2), colour, thick)
     return x1, y1
+
+
+METHODS = ("hybrid", "learned", "classical")
+
+
+def puzzle_predictor(
+    task: Any | None = None,
+    *,
+    method: str | None = None,
+    proposals: int | None = None,
+    accept: float | None = None,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    device: str = "auto",
+) -> FilePredictor:
+    """The puzzle pipeline's ``predictor_class``: the placing method by name, ``hybrid`` (the default with a trained
+    ``task``: learned proposals, classical verification, with its ``proposals`` and ``accept`` options),
+    ``learned`` (the model alone) or ``classical`` (the default without a task: no training)."""
+    method = method or ("hybrid" if task is not None else "classical")
+    if method not in METHODS:
+        raise FinescaleError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    hybrid = {k: v for k, v in (("proposals", proposals), ("accept", accept)) if v is not None}
+    if hybrid and method != "hybrid":
+        raise FinescaleError(f"--{' and --'.join(hybrid)} only apply to --method hybrid, not {method}")
+    reading = {"batch_size": batch_size, "num_workers": num_workers}
+    if method == "classical":
+        return ClassicalPredictor(**reading)
+    if task is None:
+        raise FinescaleError(
+            f"--method {method} needs --checkpoint (or use --method classical, which needs no training)"
+        )
+    if method == "hybrid":
+        return HybridPredictor(task, **hybrid, **reading, device=device)
+    return PuzzlePredictor(task, **reading, device=device)

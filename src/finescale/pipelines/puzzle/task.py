@@ -21,19 +21,19 @@ class PuzzleTask(TaskModule):
     monitor = "val/puzzle_both_accuracy"
     monitor_mode = "max"
 
-    def __init__(self, config: dict) -> None:
-        super().__init__(config)
+    def __init__(self, config: dict, *, load_weights: bool = True) -> None:
+        super().__init__(config, load_weights=load_weights)
         self.val_position = MeanMetric()
         self.val_rotation = MeanMetric()
         self.val_both = MeanMetric()
         self._first_batch: dict | None = None
 
-    def build_model(self, cfg: PuzzleConfig) -> nn.Module:
-        return PuzzleLocator.from_config(cfg.model)
+    def build_model(self, cfg: PuzzleConfig, *, load_weights: bool = True) -> nn.Module:
+        return PuzzleLocator.from_config(cfg.model, load_weights=load_weights)
 
     def update_val_metrics(self, batch: dict, prediction: dict[str, torch.Tensor]) -> None:
         placed = paired_iou(prediction["box"], batch["box"]) >= IOU_THRESHOLD
-        turned = (prediction["rotation"] == batch["rotation"]).cpu()
+        turned = prediction["rotation"] == batch["rotation"]  # both on the model's device
         self.val_position.update(placed.float())
         self.val_rotation.update(turned.float())
         self.val_both.update((placed & turned).float())

@@ -3,6 +3,7 @@ with metrics, overlays, correlation maps and the report."""
 
 from __future__ import annotations
 
+import json
 import resource
 import sys
 import time
@@ -15,17 +16,20 @@ from rich.console import Console
 from rich.progress import track
 
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
-from finescale.engine.run import METRICS, fit_and_report, update_metrics
+from finescale.engine.run import METRICS, fit_and_report, skipped_counts, update_metrics
+from finescale.errors import FinescaleError
 from finescale.eval.report import Figure, Section, write_report
+from finescale.pipelines import prefix_metrics
 from finescale.pipelines.puzzle.classical import ClassicalMatcher
 from finescale.pipelines.puzzle.config import PuzzleConfig
 from finescale.pipelines.puzzle.data import PuzzleDataModule, load_records
-from finescale.pipelines.puzzle.metrics import placement_metrics
+from finescale.pipelines.puzzle.metrics import score_placements
 from finescale.pipelines.puzzle.plots import plot_correlation_maps
 from finescale.pipelines.puzzle.predict import (
     ClassicalPredictor,
     HybridPredictor,
     PuzzlePredictor,
+    puzzle_predictor,
     read_rgb,
     write_overlay,
 )
@@ -56,21 +60,6 @@ def peak_rss_mb() -> float:
 
 
 Predictor = PuzzlePredictor | ClassicalPredictor | HybridPredictor
-METHODS = ("hybrid", "learned", "classical")
-
-
-def make_predictor(method: str, checkpoint: str | Path | None, **hybrid: Any) -> Predictor:
-    """The placing method by name: ``hybrid`` (learned proposals, classical verification; ``hybrid`` holds its
-    options, e.g. ``proposals`` and ``accept``), ``learned`` (the model alone) or ``classical`` (no training, no
-    checkpoint)."""
-    if method == "classical":
-        return ClassicalPredictor()
-    task = load_task(resolve_checkpoint(checkpoint))
-    if method == "hybrid":
-        return HybridPredictor(task, **hybrid)
-    if method == "learned":
-        return PuzzlePredictor(task)
-    raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
 
 
 def place_records(predictor: Predictor, records: Sequence[dict]) -> dict[str, Any]:
@@ -99,28 +88,6 @@ def place_records(predictor: Predictor, records: Sequence[dict]) -> dict[str, An
     return {"predictions": predictions, "seconds": seconds, "puzzles": list(by_puzzle), "stage_seconds": stages}
 
 
-def score_placements(records: Sequence[dict], placed: dict[str, Any]) -> dict[str, Any]:
-    """Placement metrics and ms per piece; for the hybrid also the model alone (``puzzle_learned_*``), the share of
-    pieces that fell back to the classical search and the learned stage's ms per piece."""
-    predictions = placed["predictions"]
-    true_boxes, true_turns = [r["box"] for r in records], [r["rotation"] for r in records]
-    metrics = placement_metrics(
-        [p["box"] for p in predictions], true_boxes, [p["rotation"] for p in predictions], true_turns
-    )
-    n = max(1, len(records))
-    metrics["puzzle_ms_per_piece"] = 1000 * placed["seconds"] / n
-    if predictions and "learned" in predictions[0]:
-        learned = [p["learned"] for p in predictions]
-        alone = placement_metrics([p["box"] for p in learned], true_boxes, [p["rotation"] for p in learned], true_turns)
-        metrics.update({k.replace("puzzle_", "puzzle_learned_"): v for k, v in alone.items()})
-        metrics["puzzle_fallback_rate"] = sum(bool(p["fallback"]) for p in predictions) / n
-    for stage, seconds in placed.get("stage_seconds", {}).items():
-        metrics[f"puzzle_{stage}_ms_per_piece"] = 1000 * seconds / n
-    metrics["n"] = len(records)
-    metrics["n_puzzles"] = len(placed["puzzles"])
-    return metrics
-
-
 def overlay_figures(records: Sequence[dict], placed: dict[str, Any], plot_dir: Path, method: str) -> list[Figure]:
     figures = []
     for puzzle in placed["puzzles"][:OVERLAYS]:
@@ -143,21 +110,27 @@ def evaluate(
     manifest: str | Path,
     out: str | Path | None = None,
     *,
-    method: str = "hybrid",
-    hybrid: dict[str, Any] | None = None,
+    method: str | None = None,
+    proposals: int | None = None,
+    accept: float | None = None,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Place every piece of ``manifest`` in its whole puzzle by ``method`` (:func:`make_predictor`, with the
-    ``hybrid`` options; ``classical`` needs no checkpoint but an ``out``); metrics merged into ``out`` (default: the
-    run's metrics.json), with overlays, correlation maps and the report beside it."""
-    if method == "classical" and out is None:
-        raise ValueError("the classical matcher has no run directory: give --out")
+    """Place every piece of ``manifest`` in its whole puzzle by ``method`` (:func:`puzzle_predictor`: hybrid with a
+    checkpoint, classical without; ``classical`` needs no checkpoint but an ``out``); metrics (``metrics.py``)
+    merged into ``out`` (default: the run's metrics.json), with overlays, correlation maps and the report beside
+    it."""
+    if checkpoint is None and out is None:
+        raise FinescaleError(
+            "the classical matcher (the default without --checkpoint) has no run directory: give --out FILE.json"
+        )
     out = Path(out) if out else resolve_checkpoint(checkpoint).parent / METRICS
-    predictor = make_predictor(method, checkpoint, **(hybrid or {}))
+    task = load_task(checkpoint, pipeline="puzzle") if checkpoint is not None else None
+    predictor = puzzle_predictor(task, method=method, proposals=proposals, accept=accept, device=device)
     data = load_records(manifest)
     placed = place_records(predictor, data.records)
     metrics = score_placements(data.records, placed)
     metrics["puzzle_peak_rss_mb"] = round(peak_rss_mb(), 1)
-    metrics.update({f"eval_skipped_{k}": v for k, v in data.skipped.items()})
+    metrics.update(prefix_metrics("puzzle", skipped_counts("eval", data)))
     merged = update_metrics(out, metrics)
     plot_dir = out.parent / "plots"
     figures = overlay_figures(data.records, placed, plot_dir, predictor.method)
@@ -166,6 +139,14 @@ def evaluate(
         figures.append(Figure("Correlation maps", path, "Piece, its window of the puzzle, the position probability."))
     write_report(out.parent, title=TITLE, sections=[Section("Evaluation on " + Path(manifest).name, figures)])
     return merged if out.name == METRICS else metrics
+
+
+def example_inputs(manifest: str | Path, n: int = 3) -> tuple[list[Path], dict[str, Any]]:
+    """What ``predict`` takes for the manifest's first puzzle: up to ``n`` of its piece photos and the puzzle."""
+    records = json.loads(Path(manifest).read_text())
+    first = [r for r in records if r["puzzle"] == records[0]["puzzle"]][:n]
+    root = Path(manifest).parent
+    return [root / r["piece"] for r in first], {"puzzle": root / first[0]["puzzle"]}
 
 
 def classical_baseline(train_json: str | Path, test_json: str | Path) -> dict[str, dict[str, Any]]:
