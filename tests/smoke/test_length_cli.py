@@ -34,7 +34,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(length_run: Pa
         assert ckpt["hyper_parameters"]["config"]["model"]["crop_size"] == 32
     predictor = finescale.load(length_run)
     image = np.random.default_rng(0).random((100, 80)).astype(np.float32)
-    result = predictor.predict(image)
+    [result] = predictor.predict(image)
     assert 6.0 <= result["length_bin_mm"] <= 16.0
     assert sum(result["bin_probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
 
@@ -46,9 +46,9 @@ def test_eval_writes_metrics_plots_and_report(length_run: Path, implants: Path, 
     )
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     metrics = json.loads(out.read_text())
-    for key in ("length_mae_mm", "length_bin_accuracy", "length_within_1bin", "n"):
+    for key in ("length_mae_mm", "length_bin_accuracy", "length_within_1bin", "length_n"):
         assert key in metrics and key in printed
-    assert metrics["n"] == len(json.loads((implants / "test.json").read_text()))
+    assert metrics["length_n"] == len(json.loads((implants / "test.json").read_text()))
     assert 0.0 <= metrics["length_bin_accuracy"] <= metrics["length_within_1bin"] <= 1.0
     assert (out.parent / "plots" / "length_pred_vs_true.png").exists()
     assert "length_mae_mm" in (out.parent / "report.html").read_text()

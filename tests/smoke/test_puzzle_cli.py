@@ -47,7 +47,7 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
         "puzzle", "eval", "--method", "learned", "--checkpoint", run, "--json", puzzles / "test.json", "--out", learned
     )
     assert "puzzle_fallback_rate" not in json.loads(learned.read_text())
-    assert metrics["puzzle_ms_per_piece"] > 0 and metrics["n"] == len(json.loads((puzzles / "test.json").read_text()))
+    assert metrics["puzzle_ms_per_piece"] > 0 and metrics["puzzle_n"] == len(json.loads((puzzles / "test.json").read_text()))
     assert (run / "plots" / "correlation_maps.png").exists() and "Correlation maps" in (run / "report.html").read_text()
 
     classical = tmp_path / "classical" / "metrics.json"  # no --checkpoint: the classical matcher
@@ -58,7 +58,7 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
     overlay = tmp_path / "overlay.png"
     lines = finescale(
         "puzzle", "predict", "--checkpoint", run, "--puzzle", puzzles / record["puzzle"],
-        "--piece", puzzles / record["piece"], "--overlay", overlay,
+        puzzles / record["piece"], "--overlay", overlay,
     ).stdout.splitlines()  # fmt: skip
     result = json.loads(lines[0])
     assert len(result["box"]) == 4 and result["rotation"] in range(4) and 0 <= result["confidence"] <= 1
@@ -66,10 +66,10 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
     for accept, falls_back in (("1", True), ("-1", False)):  # the fallback threshold reaches the predictor
         line = finescale(
             "puzzle", "predict", "--checkpoint", run, "--puzzle", puzzles / record["puzzle"],
-            "--piece", puzzles / record["piece"], "--accept", accept, "--proposals", "2",
+            puzzles / record["piece"], "--accept", accept, "--proposals", "2",
         ).stdout.splitlines()[0]  # fmt: skip
         assert json.loads(line)["fallback"] is falls_back
-    plain = finescale("puzzle", "predict", "--puzzle", puzzles / record["puzzle"], "--piece", puzzles / record["piece"])
+    plain = finescale("puzzle", "predict", "--puzzle", puzzles / record["puzzle"], puzzles / record["piece"])
     assert json.loads(plain.stdout.splitlines()[0])["method"] == "classical"  # no checkpoint: no training needed
     assert overlay.stat().st_size > 1000
 
@@ -86,7 +86,6 @@ def test_errors_are_one_line(puzzles: Path, tmp_path: Path):
         "classical",
         "--puzzle",
         tmp_path / "none.jpg",
-        "--piece",
         tmp_path,
         check=False,
     )

@@ -119,13 +119,13 @@ def evaluate(
     checkpoint, classical without; ``classical`` needs no checkpoint but an ``out``); metrics (``metrics.py``)
     merged into ``out`` (default: the run's metrics.json), with overlays, correlation maps and the report beside
     it."""
+    task = load_task(checkpoint, pipeline="puzzle") if checkpoint is not None else None
+    predictor = puzzle_predictor(task, method=method, proposals=proposals, accept=accept, device=device)
     if checkpoint is None and out is None:
         raise FinescaleError(
             "the classical matcher (the default without --checkpoint) has no run directory: give --out FILE.json"
         )
     out = Path(out) if out else resolve_checkpoint(checkpoint).parent / METRICS
-    task = load_task(checkpoint, pipeline="puzzle") if checkpoint is not None else None
-    predictor = puzzle_predictor(task, method=method, proposals=proposals, accept=accept, device=device)
     data = load_records(manifest)
     placed = place_records(predictor, data.records)
     metrics = score_placements(data.records, placed)
