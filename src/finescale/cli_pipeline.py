@@ -21,7 +21,10 @@ Out = Annotated[Path, typer.Option("--out", help="run directory (config, checkpo
 Preset = Annotated[str, typer.Option("--preset", help="quick (CPU, minutes) or full (the seed's GPU settings)")]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file merged over the preset")]
 Resume = Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last.ckpt")]
-Checkpoint = Annotated[Path | None, typer.Option("--checkpoint", help="checkpoint file or run directory")]
+Checkpoint = Annotated[
+    list[Path] | None,
+    typer.Option("--checkpoint", help="checkpoint file or run directory (repeat it for an ensemble where supported)"),
+]
 Device = Annotated[str, typer.Option("--device", help="where the model runs: auto (CUDA when present), cpu, cuda:0")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="inputs per model call")]
 Workers = Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader processes reading the inputs")]
@@ -39,6 +42,7 @@ def pipeline_app(
     *,
     hidden_sections: Collection[str] = (),
     checkpoint_required: bool = True,
+    ensembles: bool = False,
     inputs_help: str = "image files or folders of images",
     eval_options: Mapping[str, Any] | None = None,
     predictor_options: Mapping[str, Any] | None = None,
@@ -53,13 +57,19 @@ def pipeline_app(
       line per input on stdout, unreadable inputs reported on stderr (exit status 1 after the rest).
     * ``checkpoint_required=False``: a pipeline that also predicts without training (puzzle's classical matcher)
       gets ``task=None`` when no ``--checkpoint`` is given.
+    * ``ensembles=True``: ``--checkpoint`` may repeat; ``evaluate`` gets the list, the predictor is loaded from the
+      first with ``members=`` the others. Otherwise a second ``--checkpoint`` is refused.
     Options given as None (left out) are not passed on, so the pipeline's own defaults apply.
     """
     app = typer.Typer(help=summary, no_args_is_help=True)
 
-    def need(checkpoint: Path | None) -> None:
-        if checkpoint is None and checkpoint_required:
+    def need(checkpoints: list[Path] | None) -> list[Path]:
+        checkpoints = list(checkpoints or [])
+        if not checkpoints and checkpoint_required:
             raise FinescaleError("give --checkpoint (a run directory or a .ckpt file)")
+        if len(checkpoints) > 1 and not ensembles:
+            raise FinescaleError(f"the {name} pipeline takes one --checkpoint, got {len(checkpoints)}")
+        return checkpoints
 
     @app.command("train")
     @config_flags(config_class, hidden=hidden_sections)
@@ -88,10 +98,11 @@ def pipeline_app(
         options: dict[str, Any] | None = None,
     ) -> None:
         """Metrics of a checkpoint on a manifest, with plots and the HTML report."""
-        need(checkpoint)
+        given = need(checkpoint)
         from finescale.pipelines import get_pipeline
 
-        echo_json(get_pipeline(name).evaluate(checkpoint, json_path, out, device=device, **(options or {})))
+        target = given if ensembles else (given[0] if given else None)
+        echo_json(get_pipeline(name).evaluate(target, json_path, out, device=device, **(options or {})))
 
     @app.command("predict")
     @option_flags(into="options", **merged(predictor_options, predict_options))
@@ -104,7 +115,7 @@ def pipeline_app(
         options: dict[str, Any] | None = None,
     ) -> None:
         """One JSON line per input on stdout."""
-        need(checkpoint)
+        given = need(checkpoint)
         from finescale.engine.checkpoints import load_predictor
         from finescale.pipelines import get_pipeline
 
@@ -112,8 +123,10 @@ def pipeline_app(
         build = {k: v for k, v in options.items() if k in (predictor_options or {})}
         build.update(batch_size=batch_size, num_workers=num_workers, device=device)
         call = {k: v for k, v in options.items() if k not in build}
-        if checkpoint is not None:
-            predictor = load_predictor(checkpoint, pipeline=name, **build)
+        if given:
+            if len(given) > 1:
+                build["members"] = given[1:]
+            predictor = load_predictor(given[0], pipeline=name, **build)
         else:
             predictor = get_pipeline(name).predictor_class(None, **build)
         answers = predictor.predict(inputs, progress=True, **call)

@@ -39,6 +39,7 @@ class TrainerConfig(Section):
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not applied to norms and biases)")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length before the cosine decay")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="final learning rate as a fraction of the base")
+    lr_cycles: int = Field(1, ge=1, description="cosine cycles after the warm-up; > 1 restarts them (SGDR warm restarts)")
     grad_clip: float = Field(1.0, ge=0, description="gradient norm clip, 0 = off")
     seed: int = Field(0, description="seed for every random source")
     accelerator: str = Field("auto", description="cpu, gpu, mps or auto")

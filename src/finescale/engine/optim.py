@@ -42,12 +42,14 @@ def build_param_groups(groups: Sequence[ParamGroup], *, lr: float, weight_decay:
     return out
 
 
-def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
-    """Learning-rate multiplier: linear warm-up from ~0 to 1, then cosine decay to ``min_ratio``."""
+def warmup_cosine(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float, cycles: int = 1) -> float:
+    """Learning-rate multiplier: linear warm-up from ~0 to 1, then cosine decay to ``min_ratio``; with ``cycles`` > 1
+    the decay restarts from 1 that many times in equal cycles (SGDR's warm restarts)."""
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    progress = min(1.0, (step - warmup_steps) / span)
+    span = max(1, total_steps - warmup_steps) / max(1, cycles)
+    done = step - warmup_steps
+    progress = min(1.0, (done % span) / span) if done < span * max(1, cycles) else 1.0
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -59,10 +61,13 @@ def build_optimizer(
     warmup_steps: int,
     total_steps: int,
     min_lr_ratio: float,
+    cycles: int = 1,
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     optimizer = torch.optim.AdamW(build_param_groups(groups, lr=lr, weight_decay=weight_decay), lr=lr)
 
     def multiplier(step: int) -> float:
-        return warmup_cosine(step, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_lr_ratio)
+        return warmup_cosine(
+            step, warmup_steps=warmup_steps, total_steps=total_steps, min_ratio=min_lr_ratio, cycles=cycles
+        )
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

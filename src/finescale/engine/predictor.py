@@ -9,7 +9,7 @@ and how one batch of model outputs becomes dicts (:meth:`~BatchedImagePredictor.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +42,21 @@ def move_to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-def expand_inputs(inputs: Input | Sequence[Input]) -> list[Input]:
-    """One input or many -> a flat list: arrays and files as given, folders replaced by the images they hold
-    (sorted). A folder without images is an error that names the suffixes read."""
+def expand_inputs(inputs: Input | Sequence[Input], suffixes: Collection[str] | None = None) -> list[Input]:
+    """One input or many -> a flat list: arrays and files as given, folders replaced by the files they hold whose
+    name ends in one of ``suffixes`` (default: the image suffixes), sorted. A folder without any is an error that
+    names the suffixes read."""
     from finescale.data.images import IMAGE_SUFFIXES
 
+    suffixes = tuple(suffixes or IMAGE_SUFFIXES)
     items = [inputs] if isinstance(inputs, str | os.PathLike | np.ndarray) else list(inputs)
     out: list[Input] = []
     for item in items:
         if isinstance(item, str | os.PathLike) and Path(item).is_dir():
-            found = sorted(p for p in Path(item).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in Path(item).iterdir() if p.name.lower().endswith(suffixes))
             if not found:
-                suffixes = " ".join(sorted(IMAGE_SUFFIXES))
-                raise FinescaleError(f"folder {item} holds no images (files ending in {suffixes} are read)")
+                listed = " ".join(sorted(suffixes))
+                raise FinescaleError(f"folder {item} holds no inputs (files ending in {listed} are read)")
             out.extend(found)
         else:
             out.append(item)
@@ -68,27 +70,37 @@ def input_name(item: Input, index: int) -> str:
     return f"array[{index}]" if isinstance(item, np.ndarray) else str(item)
 
 
-class PreparedImages(Dataset):
-    """Inputs -> ``{"index", "views"}`` (``prepare`` applied to the image read in ``mode``), or ``{"index",
-    "error"}`` for an input that cannot be read, so one bad file does not stop the others."""
+def image_reader(mode: str = "gray") -> Callable[[Input], np.ndarray]:
+    """An input -> float32 array: files through ``read_image`` in ``mode``, arrays as they are."""
 
-    def __init__(self, inputs: Sequence[Input], prepare: Callable[[np.ndarray], Any], mode: str = "gray") -> None:
+    def read(item: Input) -> np.ndarray:
+        from finescale.data.images import read_image
+
+        return np.asarray(item, dtype=np.float32) if isinstance(item, np.ndarray) else read_image(item, mode)
+
+    return read
+
+
+class PreparedInputs(Dataset):
+    """Inputs -> ``{"index", "views"}`` (``prepare(read(input))``), or ``{"index", "error"}`` for an input that
+    cannot be read, so one bad file does not stop the others."""
+
+    def __init__(
+        self, inputs: Sequence[Input], prepare: Callable[[Any], Any], read: Callable[[Input], Any] | None = None
+    ) -> None:
         self.inputs = list(inputs)
         self.prepare = prepare
-        self.mode = mode
+        self.read = read or image_reader()
 
     def __len__(self) -> int:
         return len(self.inputs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        from finescale.data.images import read_image
-
-        item = self.inputs[index]
         try:
-            image = np.asarray(item, dtype=np.float32) if isinstance(item, np.ndarray) else read_image(item, self.mode)
+            data = self.read(self.inputs[index])
         except ImageReadError as err:
             return {"index": index, "error": str(err)}
-        return {"index": index, "views": self.prepare(image)}
+        return {"index": index, "views": self.prepare(data)}
 
 
 def collate_prepared(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -107,6 +119,7 @@ class BatchedImagePredictor:
 
     image_mode = "gray"  # how read_image decodes an input file
     input_key = "image"  # the key that names the input in each answer
+    suffixes: tuple[str, ...] | None = None  # files a folder input expands to (default: images)
 
     def __init__(self, task: Any, *, batch_size: int = 32, num_workers: int = 0, device: str = "auto") -> None:
         if batch_size < 1 or num_workers < 0:
@@ -118,6 +131,10 @@ class BatchedImagePredictor:
         self.num_workers = num_workers
 
     # ------------------------------------------------------------------ to implement per pipeline
+    def read(self, item: Input) -> Any:
+        """One input -> what ``prepare`` takes (default: the image, decoded in ``image_mode``)."""
+        return image_reader(self.image_mode)(item)
+
     def prepare(self, image: np.ndarray) -> Any:
         """One decoded image -> the model's input for it (tensors, without the batch dimension)."""
         raise NotImplementedError
@@ -128,7 +145,7 @@ class BatchedImagePredictor:
 
     # ------------------------------------------------------------------ shared
     def loader(self, inputs: Sequence[Input]) -> DataLoader:
-        dataset = PreparedImages(inputs, self.prepare, self.image_mode)
+        dataset = PreparedInputs(inputs, self.prepare, self.read)
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -139,7 +156,7 @@ class BatchedImagePredictor:
 
     def stream(self, inputs: Input | Sequence[Input], *, progress: bool = False) -> Iterator[dict[str, Any]]:
         """Answers in input order as batches finish; an unreadable input gives ``{input_key, "error"}``."""
-        items = expand_inputs(inputs)
+        items = expand_inputs(inputs, self.suffixes)
         batches = self.loader(items)
         if progress:
             batches = track(batches, description="predicting", console=Console(stderr=True), transient=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,13 @@ from finescale.data.manifest import Manifest
 from finescale.engine.callbacks import TrainingClock
 from finescale.engine.trainer import LAST, build_trainer, seed_everything
 from finescale.errors import FinescaleError
+from finescale.pipelines import is_run_key
 from finescale.serialize import read_json, write_json
 
 METRICS = "metrics.json"
 CONFIG = "config.yaml"
+EVAL = "eval"  # metrics.json's section of evaluations: {manifest: that evaluation's flat metrics}
+log = logging.getLogger("finescale")
 
 
 def check_run_dir(run_dir: Path, *, resume: bool) -> Path | None:
@@ -55,6 +60,71 @@ def update_metrics(path: Path, new: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def write_training_summary(path: Path, summary: Mapping[str, Any]) -> None:
+    """Replace the training summary in a run's metrics.json as a whole. Evaluations recorded before are dropped:
+    they scored the checkpoints as they were before this training (a ``--resume`` may have replaced best.ckpt)."""
+    if path.exists() and read_json(path).get(EVAL):
+        log.info("%s: training changed the checkpoints; earlier evaluations dropped, run eval again", path)
+    write_json(path, dict(summary))
+
+
+def manifest_label(manifest: str | Path) -> str:
+    """How metrics.json and the report name the manifest an evaluation ran on: its path as given."""
+    return Path(manifest).as_posix()
+
+
+def _holds_run_metrics(content: Any) -> bool:
+    return isinstance(content, dict) and (EVAL in content or any(is_run_key(k) for k in content))
+
+
+def save_evaluation(
+    out: str | Path, manifest: str | Path, metrics: Mapping[str, Any], *, run_dir: str | Path | None = None
+) -> bool:
+    """Record one evaluation's (flat) ``metrics``. Into a run's metrics file (``out`` is ``run_dir``'s
+    metrics.json, or an existing file that holds a training summary or evaluations) it goes under
+    ``eval`` -> ``<manifest>``, replacing an earlier evaluation on the same manifest as a whole, while the
+    training summary and the evaluations on other manifests stay. Any other ``out`` holds this evaluation alone
+    (flat, replaced as a whole). Returns whether it went into a run's metrics file."""
+    out = Path(out)
+    content = read_json(out) if out.is_file() else {}
+    is_run_file = run_dir is not None and out.resolve() == (Path(run_dir) / METRICS).resolve()
+    if not (is_run_file or _holds_run_metrics(content)):
+        write_json(out, dict(metrics))
+        return False
+    stale = sorted(k for k in content if k != EVAL and not is_run_key(k))
+    if stale:  # flat evaluation keys written before evaluations were kept apart: their manifest is unknown
+        log.warning("%s: dropping %d metrics of an earlier evaluation that named no manifest", out, len(stale))
+    kept = {k: v for k, v in content.items() if k not in stale}
+    evaluations = dict(kept.get(EVAL) or {})
+    evaluations[manifest_label(manifest)] = dict(metrics)
+    write_json(out, {**kept, EVAL: evaluations})
+    return True
+
+
+def finish_evaluation(
+    out: str | Path,
+    manifest: str | Path,
+    metrics: Mapping[str, Any],
+    *,
+    run_dir: str | Path | None,
+    title: str,
+    figures: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """What every pipeline's ``evaluate`` ends with: :func:`save_evaluation`, then the report beside ``out``
+    with a section for this evaluation (its figures; its table too when the metrics went to a file of their own,
+    since the report's tables come from that folder's metrics.json). Returns ``metrics``: this evaluation's only."""
+    from finescale.eval.report import Section, write_report
+
+    out = Path(out)
+    in_run_file = save_evaluation(out, manifest, metrics, run_dir=run_dir)
+    label = manifest_label(manifest)
+    own_file = not in_run_file and out.name != METRICS
+    note = f'<p class="meta">metrics written to {html.escape(str(out))}</p>' if own_file else ""
+    section = Section(f"Evaluation on {label}", list(figures), table=dict(metrics) if own_file else None, html=note)
+    write_report(out.parent, title=title, sections=[section])
+    return dict(metrics)
+
+
 def fit(
     cfg: RunConfig,
     run_dir: Path,
@@ -88,7 +158,7 @@ def fit(
         **manifest_metrics(getattr(datamodule, "manifests", {})),
     }
     if trainer.is_global_zero:
-        update_metrics(run_dir / METRICS, summary)
+        write_training_summary(run_dir / METRICS, summary)
     return summary
 
 

@@ -77,6 +77,7 @@ class TaskModule(L.LightningModule):
             warmup_steps=int(trainer_cfg.warmup_epochs * steps_per_epoch),
             total_steps=total,
             min_lr_ratio=trainer_cfg.min_lr_ratio,
+            cycles=trainer_cfg.lr_cycles,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -51,7 +51,7 @@ def run_variant(
     start = time.perf_counter()
     summary = pipeline.train(cfg, run_dir, resume=resume, callbacks=callbacks)
     seconds = time.perf_counter() - start
-    metrics = pipeline.evaluate(run_dir / "best.ckpt", test_json, done)
+    metrics = pipeline.evaluate(run_dir / "best.ckpt", test_json)  # also kept in the run's metrics.json and report
     metrics = {**metrics, "train_seconds": summary.get("train_seconds", seconds)}
     write_json(done, metrics)
     return metrics

@@ -42,9 +42,9 @@ from typing import Any, Protocol
 
 from finescale.errors import FinescaleError
 
-PIPELINE_NAMES: tuple[str, ...] = ("length", "dims", "puzzle")
+PIPELINE_NAMES: tuple[str, ...] = ("length", "dims", "puzzle", "ct")
 # Pipelines that `finescale demo` runs by default (all of them; `--tasks` picks a subset).
-DEMO_TASKS: tuple[str, ...] = ("length", "dims", "puzzle")
+DEMO_TASKS: tuple[str, ...] = ("length", "dims", "puzzle", "ct")
 
 # Keys every run writes the same way whatever the pipeline (engine/run.py): training time and steps, the best
 # validation score, and the manifest's record counts per split.
@@ -92,6 +92,8 @@ class Pipeline:
     # (seed's config, folder) -> overrides: parts that every bench variant of one seed shares, trained once there
     bench_shared: Callable[..., dict[str, Any]] | None = None
     search: SearchSpace | None = None  # the hyperparameter search space of `finescale hpo <name>`
+    # (data folder) -> extra `evaluate` options of every bench and demo run (e.g. ct's external split)
+    bench_eval_options: Callable[[Path], dict[str, Any]] | None = None
     # (config read from a checkpoint) -> that config brought up to date: a field added since the checkpoint was
     # written takes the value that reproduces how the model was trained, not today's default
     upgrade_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None

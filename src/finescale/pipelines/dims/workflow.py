@@ -17,12 +17,12 @@ from torch.utils.data import DataLoader
 
 from finescale.engine.checkpoints import checkpoint_config, load_task, read_checkpoint, resolve_checkpoint
 from finescale.engine.predictor import move_to, resolve_device
-from finescale.engine.run import METRICS, check_run_dir, fit_and_report, skipped_counts, update_metrics
+from finescale.engine.run import METRICS, check_run_dir, finish_evaluation, fit_and_report, skipped_counts
 from finescale.engine.trainer import BEST, LAST
 from finescale.engine.unfreeze import ProgressiveUnfreezing
 from finescale.errors import FinescaleError
 from finescale.eval import plots
-from finescale.eval.report import Figure, Section, write_report
+from finescale.eval.report import Figure
 from finescale.pipelines import prefix_metrics
 from finescale.pipelines.dims.catalogue import read_catalogue
 from finescale.pipelines.dims.config import TARGETS, DimsConfig
@@ -163,10 +163,11 @@ def evaluate(
     train_json: str | Path | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Metrics of a dims checkpoint (regressor or classifier) on ``manifest`` (``dims/metrics.py``), merged into
-    ``out`` (default: the run's metrics.json), with plots and the report beside it. A regressor is also scored on
-    the records whose (model, length, diameter) combination is absent from ``train_json`` (default: the run's
-    training manifest). The model runs on ``device`` (``auto``: CUDA when present)."""
+    """Metrics of a dims checkpoint (regressor or classifier) on ``manifest`` (``dims/metrics.py``), recorded in
+    ``out`` (default: the run's metrics.json, under ``eval`` -> the manifest), with plots and the report beside
+    it. A regressor is also scored on the records whose (model, length, diameter) combination is absent from
+    ``train_json`` (default: the run's training manifest). The model runs on ``device`` (``auto``: CUDA when
+    present)."""
     ckpt = resolve_checkpoint(checkpoint)
     out = Path(out) if out else ckpt.parent / METRICS
     task = load_task(ckpt, pipeline="dims")
@@ -192,9 +193,7 @@ def evaluate(
         arrays = snapped
         figures = regression_figures(arrays, plot_dir) + [_confusion(arrays, "model", cfg.data.models, plot_dir)]
     metrics.update(prefix_metrics("dims", skipped_counts("eval", data)))
-    merged = update_metrics(out, metrics)
-    write_report(out.parent, title=TITLE, sections=[Section("Evaluation on " + Path(manifest).name, figures)])
-    return merged if out.name == METRICS else metrics
+    return finish_evaluation(out, manifest, metrics, run_dir=ckpt.parent, title=TITLE, figures=figures)
 
 
 def collect(task: Any, records: list[dict], device: str) -> dict[str, np.ndarray]:

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
 from finescale.engine.predictor import move_to, resolve_device
-from finescale.engine.run import METRICS, fit_and_report, skipped_counts, update_metrics
+from finescale.engine.run import METRICS, finish_evaluation, fit_and_report, skipped_counts
 from finescale.eval import plots
-from finescale.eval.report import Figure, Section, write_report
+from finescale.eval.report import Figure
 from finescale.pipelines import prefix_metrics
 from finescale.pipelines.length.config import LengthConfig
 from finescale.pipelines.length.data import LengthDataModule, LengthDataset, load_records
@@ -47,8 +47,9 @@ def evaluate(
     *,
     device: str = "auto",
 ) -> dict[str, Any]:
-    """Metrics of ``checkpoint`` on ``manifest`` (``length/metrics.py``), merged into ``out`` (default: the run's
-    metrics.json), with plots and the report beside it. The model runs on ``device`` (``auto``: CUDA when present)."""
+    """Metrics of ``checkpoint`` on ``manifest`` (``length/metrics.py``), recorded in ``out`` (default: the run's
+    metrics.json, under ``eval`` -> the manifest; see ``engine.run.save_evaluation``), with plots and the report
+    beside it; returns this evaluation's metrics. The model runs on ``device`` (``auto``: CUDA when present)."""
     ckpt = resolve_checkpoint(checkpoint)
     out = Path(out) if out else ckpt.parent / METRICS
     task = load_task(ckpt, pipeline="length")
@@ -63,11 +64,9 @@ def evaluate(
             batch = move_to(batch, device_)
             scores.update(**scored_values(model, batch, model.predict(batch)))
     metrics = {**scores.compute(), **prefix_metrics("length", skipped_counts("eval", data))}
-    merged = update_metrics(out, metrics)
     arrays = {k: v.cpu().numpy() for k, v in scores.collected().items()}
     figures = evaluation_figures(arrays, model.centers.tolist(), out.parent / "plots")
-    write_report(out.parent, title=TITLE, sections=[Section("Evaluation on " + Path(manifest).name, figures)])
-    return merged if out.name == METRICS else metrics
+    return finish_evaluation(out, manifest, metrics, run_dir=ckpt.parent, title=TITLE, figures=figures)
 
 
 def evaluation_figures(arrays: dict[str, np.ndarray], centers: list[float], plot_dir: Path) -> list[Figure]:

@@ -20,7 +20,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from finescale.data.images import read_image, to_uint8
-from finescale.engine.predictor import Input, PreparedImages, expand_inputs, input_name, resolve_device
+from finescale.engine.predictor import (
+    Input,
+    PreparedInputs,
+    expand_inputs,
+    image_reader,
+    input_name,
+    resolve_device,
+)
 from finescale.errors import FinescaleError
 from finescale.pipelines.puzzle.classical import Candidate, ClassicalMatcher, PreparedPiece, PuzzleIndex
 from finescale.pipelines.puzzle.piece_photo import as_rgb_uint8, piece_mask
@@ -236,7 +243,7 @@ def predict_files(
     image = read_rgb(puzzle)
     items = expand_inputs(pieces)
     loader = DataLoader(
-        PreparedImages(items, to_uint8, "rgb"),
+        PreparedInputs(items, to_uint8, image_reader("rgb")),
         batch_size=predictor.batch_size,
         num_workers=predictor.num_workers,
         collate_fn=list,

@@ -16,9 +16,9 @@ from rich.console import Console
 from rich.progress import track
 
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
-from finescale.engine.run import METRICS, fit_and_report, skipped_counts, update_metrics
+from finescale.engine.run import METRICS, finish_evaluation, fit_and_report, skipped_counts
 from finescale.errors import FinescaleError
-from finescale.eval.report import Figure, Section, write_report
+from finescale.eval.report import Figure
 from finescale.pipelines import prefix_metrics
 from finescale.pipelines.puzzle.classical import ClassicalMatcher
 from finescale.pipelines.puzzle.config import PuzzleConfig
@@ -117,28 +117,27 @@ def evaluate(
 ) -> dict[str, Any]:
     """Place every piece of ``manifest`` in its whole puzzle by ``method`` (:func:`puzzle_predictor`: hybrid with a
     checkpoint, classical without; ``classical`` needs no checkpoint but an ``out``); metrics (``metrics.py``)
-    merged into ``out`` (default: the run's metrics.json), with overlays, correlation maps and the report beside
-    it."""
+    recorded in ``out`` (default: the run's metrics.json, under ``eval`` -> the manifest), with overlays,
+    correlation maps and the report beside it."""
     task = load_task(checkpoint, pipeline="puzzle") if checkpoint is not None else None
     predictor = puzzle_predictor(task, method=method, proposals=proposals, accept=accept, device=device)
     if checkpoint is None and out is None:
         raise FinescaleError(
             "the classical matcher (the default without --checkpoint) has no run directory: give --out FILE.json"
         )
-    out = Path(out) if out else resolve_checkpoint(checkpoint).parent / METRICS
+    run_dir = resolve_checkpoint(checkpoint).parent if checkpoint is not None else None
+    out = Path(out) if out else run_dir / METRICS
     data = load_records(manifest)
     placed = place_records(predictor, data.records)
     metrics = score_placements(data.records, placed)
     metrics["puzzle_peak_rss_mb"] = round(peak_rss_mb(), 1)
     metrics.update(prefix_metrics("puzzle", skipped_counts("eval", data)))
-    merged = update_metrics(out, metrics)
     plot_dir = out.parent / "plots"
     figures = overlay_figures(data.records, placed, plot_dir, predictor.method)
     if isinstance(predictor, PuzzlePredictor | HybridPredictor):
         path = plot_correlation_maps(predictor, data.records, plot_dir / "correlation_maps.png")
         figures.append(Figure("Correlation maps", path, "Piece, its window of the puzzle, the position probability."))
-    write_report(out.parent, title=TITLE, sections=[Section("Evaluation on " + Path(manifest).name, figures)])
-    return merged if out.name == METRICS else metrics
+    return finish_evaluation(out, manifest, metrics, run_dir=run_dir, title=TITLE, figures=figures)
 
 
 def example_inputs(manifest: str | Path, n: int = 3) -> tuple[list[Path], dict[str, Any]]:

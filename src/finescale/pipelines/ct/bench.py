@@ -1,0 +1,57 @@
+"""Bench of the ``ct`` pipeline, all on the same data, budget and seeds: the plain baseline (backbone + one Linear,
+BCE, fixed windows, no augmentation, mean over slices, no calibration), each of the seed's techniques added alone,
+the recipe (all of them) and the recipe minus each; plus the 3-D baseline (a MONAI ResNet on the volume)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from finescale.pipelines.ct.config import CTConfig
+
+METRICS = (
+    "ct_macro_auroc",
+    "ct_macro_f1",
+    "ct_macro_precision",
+    "ct_macro_recall",
+    "ct_macro_accuracy",
+    "ct_external_macro_auroc",
+    "ct_corrupted_macro_auroc",
+)
+
+# technique -> (its setting in the recipe, its setting in the baseline)
+TECHNIQUES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "attention": ({"attention": "cbam"}, {"attention": "none"}),
+    "slice_attention": ({"slice_pool": "attention"}, {"slice_pool": "mean"}),
+    "enhanced_head": ({"head": "enhanced"}, {"head": "plain"}),
+    "adaptive_window": ({"window": "adaptive"}, {"window": "fixed"}),
+    "denoise_clahe": ({"denoise": True, "clahe": True}, {"denoise": False, "clahe": False}),
+    "ct_augment": ({"ct_augment": True, "elastic": True}, {"ct_augment": False, "elastic": False}),
+    "mixup": ({"mix": "mixup"}, {"mix": "none"}),
+    "focal_smoothing": ({"loss": "focal", "label_smoothing": 0.1}, {"loss": "bce", "label_smoothing": 0.0}),
+    "progressive": ({"progressive_sizes": None}, {"progressive_sizes": []}),  # None: the preset's stages
+    "calibration": ({"calibration": "temperature"}, {"calibration": "none"}),
+}
+
+
+def bench_variants(cfg: CTConfig) -> dict[str, dict[str, Any]]:
+    def resolved(settings: dict[str, Any]) -> dict[str, Any]:
+        return {k: (cfg.data.progressive_sizes if v is None else v) for k, v in settings.items()}
+
+    on = {name: resolved(pair[0]) for name, pair in TECHNIQUES.items()}
+    off = {name: resolved(pair[1]) for name, pair in TECHNIQUES.items()}
+    baseline = {k: v for settings in off.values() for k, v in settings.items()}
+    recipe = {k: v for settings in on.values() for k, v in settings.items()}
+    variants: dict[str, dict[str, Any]] = {"baseline": {**baseline, "flips": False}}
+    variants.update({f"+{name}": {**baseline, "flips": False, **on[name]} for name in on})
+    variants["recipe"] = recipe
+    variants.update({f"recipe-{name}": {**recipe, **off[name]} for name in on})
+    variants["recipe-adjacent"] = {**recipe, "channels": "adjacent"}
+    variants["3d"] = {**baseline, "dimension": "3d", "flips": False}
+    return variants
+
+
+def bench_eval_options(data_dir: Path) -> dict[str, Any]:
+    """Every bench run is also scored on the external split (the held-out scanner) when the data has one."""
+    external = Path(data_dir) / "external.json"
+    return {"external_json": external} if external.exists() else {}

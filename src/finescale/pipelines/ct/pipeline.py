@@ -1,0 +1,31 @@
+"""The ``ct`` entry of the pipeline table."""
+
+from finescale.pipelines import Pipeline, manifest_images
+from finescale.pipelines.ct.bench import METRICS, bench_eval_options, bench_variants
+from finescale.pipelines.ct.config import CTConfig
+from finescale.pipelines.ct.predict import CTPredictor
+from finescale.pipelines.ct.task import CTTask
+from finescale.pipelines.ct.workflow import evaluate, train
+from finescale.synth.ct import generate_ct
+
+
+def example_inputs(manifest, n: int = 3):
+    return manifest_images(manifest, n, key="volume")
+
+
+PIPELINE = Pipeline(
+    name="ct",
+    config_class=CTConfig,
+    task_class=CTTask,
+    predictor_class=CTPredictor,
+    train=train,
+    evaluate=evaluate,
+    synth=generate_ct,
+    bench_variants=bench_variants,
+    bench_metrics=METRICS,
+    bench_eval_options=bench_eval_options,
+    example_inputs=example_inputs,
+    smoke={"epochs": 1, "batch_size": 4, "slices_per_volume": 4, "image_size": 48, "progressive_sizes": [32, 48]},
+    smoke_n=24,
+    demo_size=160,
+)

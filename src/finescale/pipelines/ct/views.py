@@ -1,0 +1,99 @@
+"""The random tail of the ``ct`` data pipeline: one stored volume (Z, Y, X) int16 HU -> the model's input.
+
+2-D: ``slices_per_volume`` slices (spread over the volume; jittered in training), each made into 3 channels (three
+HU windows, or the slice and its two neighbours in the lung window), optionally denoised (non-local means) and
+contrast-enhanced (CLAHE), resized to the current side, flipped. 3-D: the whole volume in the lung window.
+Training adds the CT augmentations (scanner noise, breathing motion, lung texture, elastic deformation) in HU, before
+windowing. Test-time views (``view`` k > 0) flip and shift the slice positions; ``corrupt`` is the robustness check's
+copy: strong scanner noise, breathing motion and a shifted window, the same for every model it is given to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from finescale.data import ct_transforms as T
+from finescale.pipelines.ct.config import CTConfig
+
+BODY_HU = -500.0  # above: body (soft tissue, bone); below: air and lung
+
+
+class SliceViews:
+    """``views(volume, rng)`` -> ``{"slices": (S, 3, H, W), "body": (S, 1, H, W)}`` or ``{"volume": (1, Z, Y, X),
+    "body": (1, Z, Y, X)}``, float32 in [0, 1]. ``set_size`` changes the side (progressive resizing) in shared
+    memory, so DataLoader workers follow."""
+
+    def __init__(self, cfg: CTConfig, *, train: bool, view: int = 0, corrupt: bool = False) -> None:
+        self.data = cfg.data
+        self.dimension = cfg.model.dimension
+        self.train, self.view, self.corrupt = train, view, corrupt
+        first = cfg.data.progressive_sizes[0] if train and cfg.data.progressive_sizes else cfg.data.image_size
+        self._size = torch.tensor([first], dtype=torch.int64).share_memory_()
+        self.augment = T.ct_augmentations(elastic=cfg.data.elastic) if train and cfg.data.ct_augment else None
+        self.corruption = T.corruption() if corrupt else None
+
+    def set_size(self, size: int) -> None:
+        self._size[0] = int(size)
+
+    @property
+    def size(self) -> int:
+        return int(self._size[0])
+
+    def __call__(self, volume: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        if self.dimension == "3d":
+            return self.whole_volume(volume, rng)
+        return self.slices(volume, rng)
+
+    def _hu(self, stack: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augmentation (training) or corruption (robustness check) in HU, on a (N, Y, X) float32 stack."""
+        stack = stack.astype(np.float32)
+        if self.augment is not None:
+            stack = self.augment(stack, rng)
+        if self.corruption is not None:
+            stack = self.corruption(stack, np.random.default_rng(0))
+        return stack
+
+    def slices(self, volume: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        depth = volume.shape[0]
+        mode = "random" if self.train else "uniform"
+        index = T.slice_indices(depth, self.data.slices_per_volume, mode=mode, rng=rng)
+        index = np.clip(index + (self.view // 2) * (1 if self.view % 4 < 2 else -1), 0, depth - 1)  # TTA shifts
+        needed = np.unique(np.clip(np.concatenate([index - 1, index, index + 1]), 0, depth - 1))
+        hu = dict(zip(needed.tolist(), self._hu(volume[needed], rng), strict=True))
+        window = T.adaptive_window(volume) if self.data.window == "adaptive" else None
+        shift = 60.0 if self.corrupt else 0.0  # the corrupted copy's window is off by 60 HU
+        channels = np.stack(
+            [
+                T.three_channel(hu, int(i), mode=self.data.channels, window=window, depth=depth, level_shift=shift)
+                for i in index
+            ]
+        )  # (S, 3, Y, X) in [0, 1]
+        if self.data.denoise:
+            channels = T.nlm_denoise(channels)
+        if self.data.clahe:
+            channels = T.clahe(channels)
+        body = np.stack([hu[int(i)] > BODY_HU for i in index])[:, None].astype(np.float32)
+        x, body_t = self._resize(torch.from_numpy(channels), torch.from_numpy(body))
+        x, body_t = self._flip(x, body_t, rng)
+        return {"slices": x, "body": body_t}
+
+    def whole_volume(self, volume: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        hu = self._hu(volume, rng)
+        x = torch.from_numpy(T.hu_window(hu, *T.LUNG)[None])  # (1, Z, Y, X)
+        body = torch.from_numpy((hu > BODY_HU)[None].astype(np.float32))
+        return dict(zip(("volume", "body"), self._flip(x, body, rng), strict=True))
+
+    def _resize(self, x: torch.Tensor, body: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.size
+        if x.shape[-1] == size and x.shape[-2] == size:
+            return x.float(), body
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        return x.clamp(0, 1), F.interpolate(body, size=(size, size), mode="nearest")
+
+    def _flip(self, x: torch.Tensor, body: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-right flip: random in training (``flips``), on odd test-time views."""
+        flip = (self.train and self.data.flips and rng.random() < 0.5) or (not self.train and self.view % 2 == 1)
+        return (x.flip(-1), body.flip(-1)) if flip else (x, body)
+
