@@ -1,0 +1,556 @@
+"""``pack``: CT volumes from a manifest, a folder or any fsspec URL -> a :class:`VolumeStore` of fixed-grid int16 HU.
+
+Each volume is streamed through read -> ``to_grid`` -> compress -> write -> drop, so the raw volumes never need disk
+space: a local file is read by the worker; a remote one (``hf://``, ``s3://``, ``memory://``) is fetched into memory by
+the main process and handed to a worker. At most ``workers + 1`` volumes are in flight.
+
+Guarantees:
+- atomic: a worker writes a hidden temporary file, fsyncs it and verifies it decodes bit-exact; the main process
+  renames it into place, so a killed pack leaves no half volume under a listed name (stale temporaries are removed by
+  the next pack);
+- resumable: a volume already in the store is skipped;
+- budget: volumes are committed in source order while the store's total size stays within ``max_storage_gb``; the
+  first one that does not fit stops the pack, so the stored set is a prefix of the source order, whatever the
+  workers' finishing order;
+- corrupt, truncated or missing inputs are skipped and counted by reason (``missing_file``, ``missing_field``,
+  ``unreadable_volume``, ``bad_metadata``, ``bad_volume``, ``duplicate_name``, ``fetch_error``).
+
+``STORE/pack_stats.json`` (also returned): volume counts, bytes (``raw_bytes`` = int16 grid, ``stored_bytes`` = files,
+``source_bytes`` = the input files), ``ratio`` = raw / stored (compression alone), ``source_to_stored_ratio``, encode
+and decode MB/s (10^6 grid bytes per second, one thread, decode = open + full read-back) overall and per codec, and
+with a budget the seed's **data utilisation**: volumes stored / volumes whose source files (.nii.gz) would have fit
+in the same budget, both counted in source order.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import multiprocessing
+import os
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from finescale.data.ct_grid import to_grid
+from finescale.data.ct_io import find_metadata_row, read_metadata_csv, read_volume, volume_stem, volume_suffix
+from finescale.data.manifest import _read_raw as read_manifest_records
+from finescale.data.volume_store import (
+    DEFAULT_CODEC,
+    TEMP_MARK,
+    VOLUME_DIR,
+    VOLUME_SUFFIX,
+    VolumeStore,
+    encode_volume,
+    init_store,
+    parse_codec,
+    volume_file,
+)
+from finescale.errors import FinescaleError, ImageReadError
+
+__all__ = ["pack"]
+
+log = logging.getLogger(__name__)
+
+INDEX_EVERY_SECONDS = 30.0  # index.json is a cache of the files' own meta: rewriting it now and then is enough
+MAX_LISTED_SKIPS = 50
+MB = 1e6
+
+
+# ------------------------------------------------------------------------------------------------------ sources
+
+
+@dataclass(frozen=True)
+class PackItem:
+    """One volume to pack."""
+
+    name: str  # VolumeName, e.g. "train_1_a_1.nii.gz"
+    location: str  # local path or fsspec URL
+    record: dict[str, Any] | None  # manifest record as given (labels, patient, ...); None for folder sources
+    metadata: dict[str, Any] | None  # metadata CSV row (HU scaling, spacing), or None
+    source_bytes: int | None  # size of the source file; None when it does not exist
+    problem: str | None = None  # skip reason found while listing (e.g. a record without "volume")
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON values (numpy scalars and arrays, paths) so records survive json and msgpack."""
+
+    def convert(obj: Any) -> Any:
+        if isinstance(obj, np.ndarray | np.generic):
+            return obj.tolist()
+        return str(obj)
+
+    return json.loads(json.dumps(value, default=convert))
+
+
+def _size(location: str) -> int | None:
+    try:
+        if _is_url(location):
+            fs, path = fsspec.core.url_to_fs(location)
+            return int(fs.size(path))
+        return os.stat(location.removeprefix("file://")).st_size
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+class _MetadataTables:
+    """Metadata CSVs read once each: ``--metadata-csv`` for every volume, else the CSV a record names."""
+
+    def __init__(self, forced: str | os.PathLike | None):
+        self.forced = read_metadata_csv(forced) if forced is not None else None
+        self.by_path: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def row(self, name: str, record_metadata: Any = None, root: Path | None = None) -> dict[str, Any] | None:
+        if self.forced is not None:
+            table = self.forced
+        elif isinstance(record_metadata, Mapping):
+            return dict(record_metadata)
+        elif isinstance(record_metadata, str) and record_metadata:
+            csv_path = str(root / record_metadata if root is not None else record_metadata)
+            table = self.by_path.setdefault(csv_path, read_metadata_csv(csv_path))
+        else:
+            return None
+        row = find_metadata_row(table, name)
+        return dict(row) if row is not None else None
+
+
+def _items_from_records(records: Sequence[Any], root: Path, tables: _MetadataTables) -> list[PackItem]:
+    items = []
+    for record in records:
+        volume = record.get("volume") if isinstance(record, Mapping) else None
+        if not isinstance(volume, str | os.PathLike) or not str(volume):
+            items.append(PackItem(str(record)[:80], "", None, None, None, problem="missing_field"))
+            continue
+        volume = os.fspath(volume)
+        location = volume if _is_url(volume) or os.path.isabs(volume) else str(root / volume)
+        name = str(record.get("name") or os.path.basename(volume))
+        row = tables.row(name, record.get("metadata"), root)
+        items.append(PackItem(name, location, _jsonable(dict(record)), row, _size(location)))
+    return items
+
+
+def _items_from_fs(source: str, tables: _MetadataTables) -> list[PackItem]:
+    """Every ``.nii.gz`` / ``.nii`` / ``.mha`` under ``source`` (recursively), sorted by path."""
+    fs, root = fsspec.core.url_to_fs(source)
+    if not fs.exists(root):
+        raise FinescaleError(f"pack source {source} does not exist")
+    listing = {root: fs.info(root)} if fs.isfile(root) else fs.find(root, detail=True)
+    local = type(fs).__name__ == "LocalFileSystem"
+    items = []
+    for path, info in sorted(listing.items()):
+        if info.get("type") == "directory" or not volume_suffix(path):
+            continue
+        name = os.path.basename(path)
+        location = path if local else fs.unstrip_protocol(path)
+        items.append(PackItem(name, location, None, tables.row(name), int(info.get("size") or 0)))
+    return items
+
+
+def discover(
+    source: str | os.PathLike | Sequence[Mapping[str, Any]], metadata_csv: str | os.PathLike | None = None
+) -> list[PackItem]:
+    """The volumes of ``source``: a list of manifest records, a JSON/JSONL manifest (volume paths relative to it),
+    or a folder / fsspec URL searched recursively for volume files."""
+    tables = _MetadataTables(metadata_csv)
+    if isinstance(source, Sequence) and not isinstance(source, str | bytes):
+        items = _items_from_records(source, Path.cwd(), tables)
+    elif Path(source).suffix.lower() in (".json", ".jsonl") and not _is_url(os.fspath(source)):
+        manifest = Path(source)
+        items = _items_from_records(read_manifest_records(manifest), manifest.parent, tables)
+    else:
+        items = _items_from_fs(os.fspath(source), tables)
+    if not items:
+        raise FinescaleError(f"no volumes ({', '.join(('.nii.gz', '.nii', '.mha'))}) found in {source}")
+    return items
+
+
+# ------------------------------------------------------------------------------------------------------- workers
+
+
+@dataclass
+class PackJob:
+    """What a worker needs to pack one volume (picklable)."""
+
+    item: PackItem
+    temp_path: str
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    codec: str
+    data: bytes | None = None  # the fetched file of a remote source; None: the worker reads item.location
+
+
+@dataclass
+class PackOutcome:
+    """A worker's answer: a verified temporary file and its meta, or a skip reason."""
+
+    item: PackItem
+    temp_path: str | None = None
+    meta: dict[str, Any] | None = None
+    reason: str | None = None
+    error: str | None = None
+
+
+def _read_job_volume(job: PackJob):
+    item = job.item
+    if job.data is not None:
+        return read_volume(io.BytesIO(job.data), metadata=item.metadata, name=item.name)
+    return read_volume(item.location.removeprefix("file://"), metadata=item.metadata, name=item.name)
+
+
+def pack_one(job: PackJob) -> PackOutcome:
+    """Read, grid and encode one volume into ``job.temp_path`` (runs in a worker process)."""
+    try:
+        volume = _read_job_volume(job)
+    except ImageReadError as e:
+        return PackOutcome(job.item, reason="unreadable_volume", error=str(e))
+    except FinescaleError as e:
+        return PackOutcome(job.item, reason="bad_metadata", error=str(e))
+    try:
+        grid = to_grid(volume, spacing=job.spacing, shape=job.shape)
+    except FinescaleError as e:
+        return PackOutcome(job.item, reason="bad_volume", error=str(e))
+    item = job.item
+    meta = {
+        "name": item.name,
+        "spacing": list(job.spacing),
+        "source": item.location,
+        "source_bytes": item.source_bytes,
+        "source_shape": list(volume.hu.shape),
+        "source_spacing": list(volume.spacing),
+        "scaling": volume.scaling,
+        "record": item.record,
+    }
+    del volume  # the float32 volume is the big one: drop it before compressing
+    meta = encode_volume(job.temp_path, grid, codec=job.codec, meta=meta)
+    return PackOutcome(item, temp_path=job.temp_path, meta=meta)
+
+
+def _fetch(job: PackJob) -> PackJob | PackOutcome:
+    """Fetch a remote source into memory (main process); local files are read by the worker itself."""
+    if not _is_url(job.item.location):
+        return job
+    try:
+        fs, path = fsspec.core.url_to_fs(job.item.location)
+        job.data = fs.cat_file(path)
+    except FileNotFoundError as e:
+        return PackOutcome(job.item, reason="missing_file", error=str(e))
+    except OSError as e:
+        return PackOutcome(job.item, reason="fetch_error", error=str(e))
+    return job
+
+
+def _run_in_order(jobs: Iterator[PackJob], workers: int) -> Iterator[PackOutcome]:
+    """Outcomes in job order; ``workers`` processes (spawned: no fork of a threaded parent), ``workers + 1`` in
+    flight. Closing the generator cancels the jobs not started and waits for the running ones."""
+    if workers <= 1:
+        for job in jobs:
+            fetched = _fetch(job)
+            yield fetched if isinstance(fetched, PackOutcome) else pack_one(fetched)
+        return
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context)
+    pending: deque[Future | PackOutcome] = deque()
+    try:
+        for job in jobs:
+            fetched = _fetch(job)
+            pending.append(fetched if isinstance(fetched, PackOutcome) else pool.submit(pack_one, fetched))
+            while len(pending) > workers:
+                head = pending.popleft()
+                yield head if isinstance(head, PackOutcome) else head.result()
+        while pending:
+            head = pending.popleft()
+            yield head if isinstance(head, PackOutcome) else head.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# -------------------------------------------------------------------------------------------------- bookkeeping
+
+
+@contextmanager
+def _exclusive(root: Path) -> Iterator[None]:
+    """One pack per store at a time (an OS lock: released even when the process is killed)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; concurrent packs into one store are the user's to avoid
+        yield
+        return
+    with open(root / ".pack.lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FinescaleError(
+                f"another pack is writing to {root}; wait for it or pack into another folder"
+            ) from None
+        yield
+
+
+def _remove_temporaries(root: Path, token: str = "") -> None:
+    for temp in (root / VOLUME_DIR).glob(f".*{TEMP_MARK}{token}*{VOLUME_SUFFIX}"):
+        temp.unlink(missing_ok=True)
+
+
+@dataclass
+class _Tally:
+    """Counts of one pack run."""
+
+    packed: int = 0
+    already_stored: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    skipped_files: list[dict[str, str]] = field(default_factory=list)
+    bad_names: set[str] = field(default_factory=set)
+    budget_reached: bool = False
+    not_packed: int = 0
+
+    def skip(self, item: PackItem, reason: str, error: str = "") -> None:
+        self.skipped[reason] += 1
+        self.bad_names.add(item.name)
+        if len(self.skipped_files) < MAX_LISTED_SKIPS:
+            self.skipped_files.append({"name": item.name, "source": item.location, "reason": reason, "error": error})
+        log.warning("skipped %s (%s)%s", item.location or item.name, reason, f": {error}" if error else "")
+
+
+def _rate(nbytes: float, seconds: float) -> float | None:
+    return round(nbytes / MB / seconds, 1) if seconds > 0 else None
+
+
+def _timed_rate(metas: Sequence[Mapping[str, Any]], key: str) -> float | None:
+    """MB/s over the volumes that carry a ``key`` time (a volume whose index entry was lost lacks decode_seconds)."""
+    timed = [m for m in metas if m.get(key) is not None]
+    return _rate(sum(m["raw_bytes"] for m in timed), sum(m[key] for m in timed))
+
+
+def _codec_stats(metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    raw = sum(m["raw_bytes"] for m in metas)
+    stored = sum(m["stored_bytes"] for m in metas)
+    return {
+        "volumes": len(metas),
+        "raw_bytes": raw,
+        "stored_bytes": stored,
+        "ratio": round(raw / stored, 3) if stored else None,
+        "encode_mb_s": _timed_rate(metas, "encode_seconds"),
+        "decode_mb_s": _timed_rate(metas, "decode_seconds"),
+    }
+
+
+def _raw_volumes_in_budget(items: Sequence[PackItem], tally: _Tally, budget: int) -> int:
+    """How many usable source files, in source order, fit in ``budget`` bytes as they are (e.g. .nii.gz)."""
+    used, count = 0, 0
+    for item in items:
+        if item.name in tally.bad_names or item.source_bytes is None:
+            continue
+        used += item.source_bytes
+        if used > budget:
+            break
+        count += 1
+    return count
+
+
+def _stats(store: VolumeStore, items: Sequence[PackItem], tally: _Tally, budget: int | None, codec: str) -> dict:
+    metas = list(store.index().values())
+    by_codec: dict[str, list] = {}
+    for meta in metas:
+        by_codec.setdefault(meta["codec"], []).append(meta)
+    overall = _codec_stats(metas)
+    del overall["volumes"]  # = volumes_stored
+    source_bytes = sum(m.get("source_bytes") or 0 for m in metas)
+    raw_in_budget = _raw_volumes_in_budget(items, tally, budget) if budget is not None else None
+    return {
+        "store": str(store.path),
+        "spacing": list(store.spacing),
+        "shape": list(store.shape),
+        "codec": codec,
+        "volumes_stored": len(metas),
+        "volumes_packed": tally.packed,
+        "volumes_already_stored": tally.already_stored,
+        "volumes_skipped": sum(tally.skipped.values()),
+        "skipped": dict(sorted(tally.skipped.items())),
+        "skipped_files": tally.skipped_files,
+        "volumes_not_packed": tally.not_packed,
+        "budget_bytes": budget,
+        "budget_reached": tally.budget_reached,
+        **overall,
+        "source_bytes": source_bytes,
+        "source_to_stored_ratio": round(source_bytes / overall["stored_bytes"], 3) if overall["stored_bytes"] else None,
+        "raw_volumes_in_budget": raw_in_budget,
+        "data_utilisation": round(len(metas) / raw_in_budget, 3) if raw_in_budget else None,
+        "codecs": {name: _codec_stats(group) for name, group in sorted(by_codec.items())},
+    }
+
+
+def _progress_bar(enabled: bool, total: int):
+    if not enabled:
+        return nullcontext(None)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(
+        TextColumn("[bold]pack"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stored]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    progress.add_task("pack", total=total, stored="")
+    return progress
+
+
+# ---------------------------------------------------------------------------------------------------------- pack
+
+
+def _select(items: Sequence[PackItem], store: VolumeStore, tally: _Tally) -> list[PackItem]:
+    """Items still to pack: not stored yet, listed correctly, existing, and the first of their name."""
+    todo, seen = [], set()
+    for item in items:
+        stem = volume_stem(item.name)
+        if item.problem:
+            tally.skip(item, item.problem)
+        elif item.name in store:
+            tally.already_stored += 1
+        elif stem in seen:
+            tally.skip(item, "duplicate_name", f"another source already gave {stem}")
+        elif item.source_bytes is None:
+            tally.skip(item, "missing_file", "file not found")
+        else:
+            seen.add(stem)
+            todo.append(item)
+    return todo
+
+
+def _commit_in_order(
+    outcomes: Iterator[PackOutcome],
+    store: VolumeStore,
+    tally: _Tally,
+    budget: int | None,
+    on_done: Callable[[int], None],
+) -> None:
+    """Commit each verified volume in source order until the budget; skipped ones are counted."""
+    used = sum(m["stored_bytes"] for m in store.index().values())
+    last_index_write = time.monotonic()
+    for outcome in outcomes:
+        if outcome.meta is None:
+            tally.skip(outcome.item, outcome.reason or "unknown", outcome.error or "")
+        elif budget is not None and used + outcome.meta["stored_bytes"] > budget:
+            Path(outcome.temp_path).unlink(missing_ok=True)
+            tally.budget_reached = True
+            return
+        else:
+            store._commit(Path(outcome.temp_path), outcome.meta)
+            used += outcome.meta["stored_bytes"]
+            tally.packed += 1
+        on_done(used)
+        if time.monotonic() - last_index_write > INDEX_EVERY_SECONDS:
+            store.write_index()
+            last_index_write = time.monotonic()
+
+
+def pack(
+    source: str | os.PathLike | Sequence[Mapping[str, Any]],
+    out: str | os.PathLike,
+    *,
+    spacing: Sequence[float],
+    shape: Sequence[int],
+    codec: str = DEFAULT_CODEC,
+    max_storage_gb: float | None = None,
+    workers: int = 2,
+    metadata_csv: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Preprocess every volume of ``source`` onto the (``spacing``, ``shape``) grid and store it in ``out``.
+
+    Args:
+        source: manifest records (``{"volume", "name", "labels", "metadata", ...}``), a JSON/JSONL manifest path, or
+            a folder / fsspec URL (``memory://...``, ``hf://datasets/...``) searched recursively for volumes.
+        out: the store folder (created, or resumed when it holds the same grid).
+        spacing: grid spacing (z, y, x) mm. shape: grid shape (Z, Y, X).
+        codec: store codec (``volume_store.parse_codec``); the default is the codec bench's pick.
+        max_storage_gb: stop before the store's volume files exceed this many GB (10^9 bytes).
+        workers: processes (1 = in this process).
+        metadata_csv: CT-RATE metadata CSV for HU scaling and spacing (overrides the records' own).
+        progress: a rich progress bar on stderr.
+
+    Returns:
+        The statistics also written to ``out/pack_stats.json`` (module docstring).
+    """
+    started = time.perf_counter()
+    codec = parse_codec(codec).name
+    if max_storage_gb is not None and max_storage_gb <= 0:
+        raise FinescaleError(f"--max-storage-gb must be positive, got {max_storage_gb}")
+    if workers < 1:
+        raise FinescaleError(f"--workers must be at least 1, got {workers}")
+    budget = int(max_storage_gb * 1e9) if max_storage_gb is not None else None
+    items = discover(source, metadata_csv)
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    grid_spacing = tuple(float(s) for s in spacing)
+    grid_shape = tuple(int(n) for n in shape)
+    with _exclusive(root):
+        store = init_store(root, spacing=grid_spacing, shape=grid_shape)
+        _remove_temporaries(root)  # left by a killed pack
+        tally = _Tally()
+        todo = _select(items, store, tally)
+        token = uuid.uuid4().hex[:12]
+        jobs = (
+            PackJob(item, str(_temp_path(root, item.name, token)), grid_spacing, grid_shape, codec) for item in todo
+        )
+        outcomes = _run_in_order(jobs, min(workers, len(todo)))  # a pool only pays for 2+ volumes
+        try:
+            with _progress_bar(progress, len(todo)) as bar:
+
+                def advance(used_bytes: int) -> None:
+                    if bar is not None:
+                        limit = f" / {max_storage_gb:g}" if max_storage_gb is not None else ""
+                        bar.update(bar.task_ids[0], advance=1, stored=f"{used_bytes / 1e9:.3f}{limit} GB")
+
+                _commit_in_order(outcomes, store, tally, budget, advance)
+        finally:
+            outcomes.close()  # stops the pool; then no worker writes any more
+            _remove_temporaries(root, token)
+            store.write_index()
+        done = tally.packed + sum(tally.skipped.values()) + tally.already_stored
+        tally.not_packed = len(items) - done
+        stats = _stats(store, items, tally, budget, codec) | {"seconds": round(time.perf_counter() - started, 2)}
+        (root / "pack_stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
+    log.info(_summary(stats))
+    return stats
+
+
+def _temp_path(root: Path, name: str, token: str) -> Path:
+    final = volume_file(root, name)
+    return final.with_name(f".{final.name[: -len(VOLUME_SUFFIX)]}{TEMP_MARK}{token}{VOLUME_SUFFIX}")
+
+
+def _summary(stats: Mapping[str, Any]) -> str:
+    text = (
+        f"packed {stats['volumes_packed']} volumes into {stats['store']} ({stats['volumes_stored']} stored, "
+        f"{stats['volumes_already_stored']} already there, {stats['volumes_skipped']} skipped); ratio {stats['ratio']}"
+    )
+    if stats["budget_bytes"] is not None:
+        text += (
+            f"; budget {'reached' if stats['budget_reached'] else 'not reached'}: {stats['volumes_stored']} stored "
+            f"volumes vs {stats['raw_volumes_in_budget']} raw, data utilisation {stats['data_utilisation']}"
+        )
+    return text
