@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from tests.conftest import finescale
+
+from finescale.pipelines import get_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -17,8 +21,46 @@ TINY += ["--no-progress", "--checkpoint-every-n-steps", "1"]
 TINY_REGRESS = ["--attention-dim", "16", "--head-dim", "16", "--mc-samples", "4"]
 
 
-def data_flags(implants: Path) -> list:
-    return ["--train-json", implants / "train.json", "--val-json", implants / "val.json"]
+# The shared runs validate on the training manifest: the 40-image set leaves one image for val, too few for the
+# validation scores of training to be checked against anything.
+VAL = "train"
+
+
+def data_flags(implants: Path, val: str = "val") -> list:
+    return ["--train-json", implants / "train.json", "--val-json", implants / f"{val}.json"]
+
+
+def count_key() -> str:
+    """The key of the number of images scored: the metrics' common prefix + ``n``."""
+    return os.path.commonprefix(list(get_pipeline("dims").bench_metrics)) + "n"
+
+
+def bench_metric(*words: str) -> str:
+    """The dims metric name (from the pipeline's ``bench_metrics``, never spelled out here) holding every word;
+    an ``unseen`` one only when asked."""
+    names = [m for m in get_pipeline("dims").bench_metrics if all(w in m for w in words)]
+    names = [m for m in names if ("unseen" in m) == ("unseen" in words)]
+    assert len(names) == 1, (words, names)
+    return names[0]
+
+
+def key_ending(metrics: dict, suffix: str, prefix: str = "") -> str:
+    """The one key of ``metrics`` that starts with ``prefix`` and ends with ``suffix``."""
+    keys = [k for k in metrics if k.startswith(prefix) and k.endswith(suffix)]
+    assert len(keys) == 1, (prefix, suffix, sorted(metrics))
+    return keys[0]
+
+
+def predict_lines(run: Path, images: list[Path], *extra: object) -> list[dict]:
+    result = finescale("dims", "predict", *images, "--checkpoint", run, *extra)
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [Path(line["image"]).name for line in lines] == [Path(i).name for i in images]
+    return lines
+
+
+def read_manifest(implants: Path, split: str) -> tuple[list[dict], list[Path]]:
+    records = json.loads((implants / f"{split}.json").read_text())
+    return records, [implants / r["image"] for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +68,7 @@ def classifiers(implants: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     runs = {}
     for target in ("company", "model"):
         runs[target] = tmp_path_factory.mktemp(f"dims_{target}")
-        finescale("dims", "classify", "--target", target, *data_flags(implants), "--out", runs[target], *TINY)
+        finescale("dims", "classify", "--target", target, *data_flags(implants, VAL), "--out", runs[target], *TINY)
     return runs
 
 
@@ -44,7 +86,7 @@ def regressors(implants: Path, classifiers: dict[str, Path], tmp_path_factory: p
             classifiers["model"],
             "--attention-type",
             attention,
-            *data_flags(implants),
+            *data_flags(implants, VAL),
             "--out",
             runs[attention],
             *TINY,
@@ -61,50 +103,100 @@ def test_classifiers_store_their_vocabulary(classifiers: dict[str, Path], implan
         assert config["data"][key] == sorted({r[target] for r in records})
         ckpt = torch.load(classifiers[target] / "best.ckpt", map_location="cpu", weights_only=True)
         assert ckpt["hyper_parameters"]["config"]["data"][key] == config["data"][key]
+        # the validation accuracy of training is the share of val images that ``predict`` names right
         metrics = json.loads((classifiers[target] / "metrics.json").read_text())
-        assert 0.0 <= metrics["best_val_top1_accuracy"] <= 1.0
+        val, images = read_manifest(implants, VAL)
+        lines = predict_lines(classifiers[target], images)
+        right = np.mean([line[target] == r[target] for line, r in zip(lines, val, strict=True)])
+        assert metrics[key_ending(metrics, "top1_accuracy", "best_")] == pytest.approx(right, abs=1e-6)
 
 
 def test_classifier_eval_and_predict(classifiers: dict[str, Path], implants: Path, tmp_path: Path):
     out = tmp_path / "metrics.json"
     run = classifiers["model"]
-    finescale("dims", "eval", "--checkpoint", run, "--json", implants / "test.json", "--out", out)
+    # on the training images, where the one-epoch classifier already names some right
+    finescale("dims", "eval", "--checkpoint", run, "--json", implants / "train.json", "--out", out)
     metrics = json.loads(out.read_text())
-    assert 0.0 <= metrics["top1_accuracy"] <= metrics["top5_accuracy"] <= 1.0 and metrics["n"] > 0
-    image = implants / json.loads((implants / "test.json").read_text())[0]["image"]
-    line = json.loads(finescale("dims", "predict", image, "--checkpoint", run).stdout.strip().splitlines()[-1])
-    assert line["model"] in line["probabilities"] and sum(line["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    records, images = read_manifest(implants, "train")
+    lines = predict_lines(run, images)
+    assert metrics[count_key()] == len(records) > 0
+    for line in lines:
+        assert line["model"] in line["probabilities"]
+        assert sum(line["probabilities"].values()) == pytest.approx(1, abs=1e-3)
+    # the accuracies, recomputed from what ``predict`` prints (an unknown true name is a miss)
+    top1 = np.mean([line["model"] == r["model"] for line, r in zip(lines, records, strict=True)])
+    assert metrics[key_ending(metrics, "top1_accuracy")] == pytest.approx(top1, abs=1e-6)
+    sure = unsure = 0  # printed probabilities are rounded: ties at the fifth place leave an image undecided
+    for line, r in zip(lines, records, strict=True):
+        probs = line["probabilities"]
+        if r["model"] not in probs:
+            continue
+        above = sum(p > probs[r["model"]] for p in probs.values())
+        level = sum(p >= probs[r["model"]] for p in probs.values())
+        sure += level <= 5
+        unsure += above < 5 < level
+    top5 = metrics[key_ending(metrics, "top5_accuracy")]
+    assert sure / len(records) - 1e-6 <= top5 <= (sure + unsure) / len(records) + 1e-6
 
 
 @pytest.mark.parametrize("attention", ["dual", "triple", "hierarchical"])
-def test_train_writes_the_run_directory(regressors: dict, attention: str):
+def test_train_writes_the_run_directory(regressors: dict, attention: str, implants: Path):
     run = regressors[attention]
     for name in ("config.yaml", "best.ckpt", "last.ckpt", "metrics.json", "report.html"):
         assert (run / name).exists(), name
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["stage"] == "regress" and config["regress"]["attention_type"] == attention
     assert set(config["embedders"]) == {"company", "model"} and config["data"]["companies"]
+    # the best validation score of training is the mean of the length and diameter MAEs of the regressor's own
+    # (not snapped) sizes on the val images, recomputed here from what ``predict`` prints
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["best_val_avg_mae_mm"] > 0
+    val, images = read_manifest(implants, VAL)
+    lines = predict_lines(run, images, "--mc-samples", "0")
+    errors = [
+        (abs(line["raw_length_mm"] - r["length_mm"]), abs(line["raw_diameter_mm"] - r["diameter_mm"]))
+        for line, r in zip(lines, val, strict=True)
+    ]
+    expected = float(np.mean(errors))  # (mean length error + mean diameter error) / 2
+    assert metrics[key_ending(metrics, bench_metric("avg"), "best_")] == pytest.approx(expected, abs=1e-3)
 
 
 def test_eval_reports_unseen_combinations(regressors: dict, implants: Path, tmp_path: Path):
-    out = tmp_path / "eval" / "metrics.json"
-    result = finescale(
-        "dims", "eval", "--checkpoint", regressors["triple"], "--json", implants / "test.json", "--out", out
-    )
-    printed = json.loads(result.stdout.strip().splitlines()[-1])
-    metrics = json.loads(out.read_text())
-    keys = ("length_mae_mm", "diameter_mae_mm", "avg_mae_mm", "unseen_length_mae_mm", "unseen_diameter_mae_mm")
-    for key in (*keys, "unseen_n", "n", "company_accuracy", "model_accuracy"):
-        assert key in metrics and key in printed, key
     train = json.loads((implants / "train.json").read_text())
-    test = json.loads((implants / "test.json").read_text())
-    seen = {(r["model"], r["length_mm"], r["diameter_mm"]) for r in train}
-    unseen = [r for r in test if (r["model"], r["length_mm"], r["diameter_mm"]) not in seen]
-    assert metrics["n"] == len(test) and metrics["unseen_n"] == len(unseen) > 0
-    assert metrics["unseen_length_mae_mm"] > 0
-    assert (out.parent / "plots" / "length_pred_vs_true.png").exists() and (out.parent / "report.html").exists()
+    test, images = read_manifest(implants, "test")
+    # every score is recomputed from the (snapped) sizes and names ``predict`` prints, without MC dropout
+    lines = predict_lines(regressors["triple"], images, "--mc-samples", "0")
+    errors = {
+        size: np.array([abs(line[f"{size}_mm"] - r[f"{size}_mm"]) for line, r in zip(lines, test, strict=True)])
+        for size in ("length", "diameter")
+    }
+    right = np.array([line["model"] == r["model"] for line, r in zip(lines, test, strict=True)])
+    # the run's training manifest, then one that also holds the first test image's combination (--train-json)
+    known = tmp_path / "known.json"
+    known.write_text(json.dumps([{**r, "image": str(implants / r["image"])} for r in [*train, test[0]]]))
+    for name, extra, trained_on in (("default", [], train), ("known", ["--train-json", known], [*train, test[0]])):
+        out = tmp_path / name / "metrics.json"
+        run = regressors["triple"]
+        result = finescale("dims", "eval", "--checkpoint", run, "--json", implants / "test.json", "--out", out, *extra)
+        printed = json.loads(result.stdout.strip().splitlines()[-1])
+        metrics = json.loads(out.read_text())
+        for key in get_pipeline("dims").bench_metrics:
+            assert key in metrics and key in printed and printed[key] == metrics[key], key
+        seen = {(r["model"], r["length_mm"], r["diameter_mm"]) for r in trained_on}
+        unseen = np.array([(r["model"], r["length_mm"], r["diameter_mm"]) not in seen for r in test])
+        assert metrics[count_key()] == len(test)
+        assert metrics[key_ending(metrics, "unseen_n")] == unseen.sum() > 0
+        for words, expected in (
+            (("length",), errors["length"].mean()),
+            (("diameter",), errors["diameter"].mean()),
+            (("avg",), (errors["length"].mean() + errors["diameter"].mean()) / 2),
+            (("unseen", "length"), errors["length"][unseen].mean()),
+            (("unseen", "diameter"), errors["diameter"][unseen].mean()),
+            (("unseen", "avg"), (errors["length"][unseen].mean() + errors["diameter"][unseen].mean()) / 2),
+            (("model", "accuracy"), right.mean()),
+        ):
+            assert metrics[bench_metric(*words)] == pytest.approx(expected, abs=1e-3), (name, words)
+        assert (out.parent / "plots" / "length_pred_vs_true.png").exists() and (out.parent / "report.html").exists()
+    assert unseen.sum() < len(test)  # the second manifest did make a test combination seen
 
 
 def test_predict_prints_sizes_names_probabilities_and_uncertainty(regressors: dict, implants: Path):
@@ -112,12 +204,24 @@ def test_predict_prints_sizes_names_probabilities_and_uncertainty(regressors: di
     result = finescale("dims", "predict", *images, "--checkpoint", regressors["hierarchical"], "--mc-samples", "5")
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(lines) == 2
-    for line in lines:
-        assert line["length_mm"] > 0 and line["diameter_mm"] > 0
+    # the catalogue the sizes snap to: each model's lengths and diameters in the training manifest
+    catalogue: dict[str, tuple[set, set]] = {}
+    for r in json.loads((implants / "train.json").read_text()):
+        lengths, diameters = catalogue.setdefault(r["model"], (set(), set()))
+        lengths.add(r["length_mm"])
+        diameters.add(r["diameter_mm"])
+    plain = predict_lines(regressors["hierarchical"], images, "--mc-samples", "0")
+    for line, once in zip(lines, plain, strict=True):
+        assert any(line["length_mm"] in ls and line["diameter_mm"] in ds for ls, ds in catalogue.values())
         assert line["company"] in line["company_probabilities"] and line["model"] in line["model_probabilities"]
         assert sum(line["model_probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
-        assert line["uncertainty"]["mc_samples"] == 5 and line["uncertainty"]["length_mm_std"] >= 0
         assert sum(line["attention_weights"].values()) == pytest.approx(1.0, abs=1e-3)
+        # MC dropout really samples: five passes spread; a single plain pass reports no spread
+        uncertainty = line["uncertainty"]
+        assert uncertainty["mc_samples"] == 5
+        assert uncertainty["length_mm_std"] > 0 and uncertainty["diameter_mm_std"] > 0
+        assert once["uncertainty"] == {"length_mm_std": None, "diameter_mm_std": None, "mc_samples": 0}
+        assert line["raw_length_mm"] != once["raw_length_mm"]  # the mean of the dropout passes, not the plain pass
 
 
 def test_train_without_checkpoints_trains_the_classifiers_first(implants: Path, tmp_path: Path):
