@@ -86,6 +86,8 @@ def test_params_live_in_a_weights_only_checkpoint() -> None:
     torch.testing.assert_close(apply_calibration(z, None, "none"), torch.sigmoid(z))
     with pytest.raises(ValueError, match="unknown calibration"):
         fit_calibration(z, labels, "isotonic")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs its fitted parameters"):
+        apply_calibration(z, None, "temperature")
 
 
 def test_reliability_curve_on_a_hand_example() -> None:

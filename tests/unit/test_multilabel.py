@@ -139,6 +139,10 @@ def test_csv_and_json_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(from_json.probabilities.astype(np.float32), probs)
     np.testing.assert_array_equal(from_json.uncertainty.astype(np.float32), spread)
 
+    jsonl_path = tmp_path / "p.jsonl"  # what `predict` prints, one record a line
+    jsonl_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    np.testing.assert_array_equal(read_predictions(jsonl_path, LABELS).probabilities, from_json.probabilities)
+
 
 def test_score_files_equals_vlm3d_scores(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     probs, labels = _random_case(n=40, seed=3)

@@ -100,22 +100,24 @@ def fit_calibration(logits: Any, labels: Any, kind: CalibrationKind) -> torch.Te
     raise ValueError(f"unknown calibration {kind!r}; choose from {KINDS}")
 
 
-def calibrate_logits(logits: torch.Tensor, params: Any, kind: CalibrationKind) -> torch.Tensor:
+def calibrate_logits(logits: Any, params: Any, kind: CalibrationKind) -> torch.Tensor:
     """Calibrated logits (N, L) (or any (..., L)): ``z / T`` for temperature, ``a z + b`` for Platt, ``z`` for none.
 
-    ``params`` as returned by the fits, or the same as nested lists; moved to ``logits``' device and dtype.
+    ``logits`` a tensor (or numpy array); ``params`` as returned by the fits, or the same as nested lists; moved to
+    ``logits``' device and dtype.
     """
-    if kind == "none" or params is None:
+    if kind not in KINDS:
+        raise ValueError(f"unknown calibration {kind!r}; choose from {KINDS}")
+    logits = torch.as_tensor(logits)
+    if kind == "none":
         return logits
+    if params is None:
+        raise ValueError(f"{kind} calibration needs its fitted parameters")
     p = torch.as_tensor(params, dtype=logits.dtype, device=logits.device)
-    if kind == "temperature":
-        return logits / p
-    if kind == "platt":
-        return p[..., 0] * logits + p[..., 1]
-    raise ValueError(f"unknown calibration {kind!r}; choose from {KINDS}")
+    return logits / p if kind == "temperature" else p[..., 0] * logits + p[..., 1]
 
 
-def apply_calibration(logits: torch.Tensor, params: Any, kind: CalibrationKind) -> torch.Tensor:
+def apply_calibration(logits: Any, params: Any, kind: CalibrationKind) -> torch.Tensor:
     """Calibrated probabilities ``sigmoid(calibrate_logits(logits, params, kind))``, same shape as ``logits``."""
     return torch.sigmoid(calibrate_logits(logits, params, kind))
 

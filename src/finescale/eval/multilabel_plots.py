@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
 from finescale.eval.calibration import expected_calibration_error, reliability_curve
 from finescale.eval.multilabel import as_numpy, binary_auroc, roc_curve
@@ -27,7 +28,7 @@ FPR_GRID = np.linspace(0.0, 1.0, 201)
 BEFORE, AFTER = "tab:gray", "tab:blue"
 
 
-def _panel_grid(n_panels: int, title: str) -> tuple[Any, list[Axes]]:
+def _panel_grid(n_panels: int, title: str) -> tuple[Figure, list[Axes]]:
     nrows, ncols = _grid(n_panels, PANEL_COLUMNS)
     fig = _new_figure(PANEL_SIZE[0] * ncols, PANEL_SIZE[1] * nrows + 0.5)
     axes = list(fig.subplots(nrows, ncols, squeeze=False).ravel())

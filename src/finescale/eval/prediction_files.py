@@ -4,7 +4,7 @@
   the probability instead of the 0/1 label. Probabilities are written with 9 significant digits (exact for float32,
   so no ties appear that the model did not make).
 * JSON: a list of ``{"name": VolumeName, "probabilities": {label: p}, "uncertainty": {label: u}}``, ``uncertainty``
-  only when there is one.
+  only when there is one. The readers also take the same records one per line (``.jsonl``).
 
 Volumes are matched by ``VolumeName`` without folder and without a volume extension (``.nii.gz``, ``.nii``, ``.mha``:
 :func:`finescale.data.ct_io.volume_stem`), so ``valid_1_a_1.nii.gz`` in the labels CSV matches ``valid_1_a_1.mha``
@@ -129,13 +129,22 @@ def _read_csv_table(path: Path, names: Sequence[str]) -> tuple[list[str], np.nda
     return volumes, np.asarray(rows, dtype=np.float64).reshape(len(rows), len(names))
 
 
-def _read_json_records(path: Path, names: Sequence[str]) -> Predictions:
+def _load_records(path: Path) -> Any:
+    """A JSON document, or for ``.jsonl`` the list of its non-empty lines' JSON values (``predict``'s output)."""
     try:
-        records = json.loads(path.read_text(encoding="utf-8-sig"))
+        text = path.read_text(encoding="utf-8-sig")
     except OSError as e:
         raise FinescaleError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        if path.suffix.lower() == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise FinescaleError(f"{path} is not valid JSON: {e}") from None
+
+
+def _read_json_records(path: Path, names: Sequence[str]) -> Predictions:
+    records = _load_records(path)
     if not isinstance(records, list):
         raise FinescaleError(f"{path}: expected a list of {{'name', 'probabilities'}} records")
     volumes, probs, spreads = [], [], []
@@ -161,9 +170,10 @@ def _label_values(mapping: dict[str, Any], names: Sequence[str], where: str) -> 
 
 
 def read_predictions(path: str | Path, names: Sequence[str] = LABELS) -> Predictions:
-    """Read a predictions CSV (``VolumeName`` + label columns) or JSON (list of records), by the file's suffix."""
+    """Read a predictions file by its suffix: ``.json`` (a list of records), ``.jsonl`` (one record a line), else CSV
+    (``VolumeName`` + label columns)."""
     path = Path(path)
-    if path.suffix.lower() == ".json":
+    if path.suffix.lower() in (".json", ".jsonl"):
         return _read_json_records(path, names)
     volumes, probs = _read_csv_table(path, names)
     return Predictions(volumes, probs, list(names))
