@@ -54,7 +54,9 @@ def mix_targets(t1: torch.Tensor, t2: torch.Tensor, lam: float | torch.Tensor) -
 
     BCE is linear in its target, so BCE on these equals the mixup loss lam BCE(t1) + (1 - lam) BCE(t2).
     """
-    lam = torch.as_tensor(lam, dtype=t1.dtype, device=t1.device)
+    dtype = t1.dtype if t1.is_floating_point() else torch.get_default_dtype()  # 0/1 integer labels become soft
+    t1, t2 = t1.to(dtype), t2.to(dtype)
+    lam = torch.as_tensor(lam, dtype=dtype, device=t1.device)
     if lam.ndim == 1:
         lam = lam.view(-1, *([1] * (t1.ndim - 1)))
     return lam * t1 + (1 - lam) * t2

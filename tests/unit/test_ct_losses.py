@@ -48,6 +48,8 @@ def test_mix_targets_interpolates_with_a_scalar_or_per_sample_lambda():
     t1, t2 = torch.tensor([[1.0, 0.0], [1.0, 1.0]]), torch.tensor([[0.0, 0.0], [0.0, 1.0]])
     torch.testing.assert_close(mix_targets(t1, t2, 0.7), torch.tensor([[0.7, 0.0], [0.7, 1.0]]))
     torch.testing.assert_close(mix_targets(t1, t2, torch.tensor([0.2, 0.9])), torch.tensor([[0.2, 0.0], [0.9, 1.0]]))
+    integer = mix_targets(t1.long(), t2.long(), 0.7)  # 0/1 integer labels give soft float targets, not truncated
+    torch.testing.assert_close(integer, torch.tensor([[0.7, 0.0], [0.7, 1.0]]))
 
 
 def test_bce_on_mixed_targets_is_the_mixup_loss():

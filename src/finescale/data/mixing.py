@@ -112,4 +112,4 @@ def ct_aware_mix(
     mixed = torch.where(pasted, x[j], x)
     mask_area = masks.reshape(b, -1).sum(dim=1).clamp_min(1)
     lam = 1.0 - pasted.reshape(b, -1).sum(dim=1) / mask_area
-    return mixed, mix_targets(y, y[j], lam.to(y.dtype))
+    return mixed, mix_targets(y, y[j], lam)
