@@ -4,14 +4,16 @@ import numpy as np
 import pytest
 import torch
 
+from finescale.data import ct_transforms as T
 from finescale.data.ct_augment import (
+    CTAugment,
     RandBreathingMotion,
     RandElastic,
     RandElastic3D,
     RandLungTexture,
     RandScannerNoise,
 )
-from finescale.data.ct_transforms import CLAHE, NLMeansDenoise, lung_z_range, slice_indices
+from finescale.data.ct_transforms import CLAHE, NLMeansDenoise, clahe, lung_z_range, nlm_denoise, slice_indices
 from finescale.data.ct_windows import (
     BONE,
     LUNG,
@@ -43,6 +45,8 @@ def test_windows_at_known_hu():
     np.testing.assert_allclose(apply_window(np.array([-160.0, 40.0, 240.0]), MEDIASTINUM), [0, 0.5, 1])
     np.testing.assert_allclose(apply_window(np.array([-500.0, 400.0, 850.0, 1300.0]), BONE), [0, 0.5, 0.75, 1])
     assert (LUNG.lower, LUNG.upper) == (-1350.0, 150.0)
+    np.testing.assert_array_equal(hu_window(hu, *LUNG), apply_window(hu, LUNG))  # a Window unpacks to level, width
+    assert LUNG.shifted(60) == Window(-540.0, 1500.0)
     with pytest.raises(ValueError):
         hu_window(hu, 0, 0)
 
@@ -80,6 +84,8 @@ def test_three_channel_windows_and_adjacent_slices():
     windows = three_channel(volume, [0, 2], mode="windows")
     assert windows.shape == (2, 3, 4, 5) and windows.dtype == np.float32
     np.testing.assert_allclose(windows[1, :, 0, 0], [apply_window(-300.0, w) for w in (LUNG, MEDIASTINUM, BONE)])
+    own = three_channel(volume, [2], window=Window(-300, 600))  # e.g. an adaptive window replaces the lung channel
+    np.testing.assert_allclose(own[0, :, 0, 0], [0.5, *windows[1, 1:, 0, 0]])
     adjacent = three_channel(volume, [0, 2, 4], mode="adjacent", window=Window(-600, 1200))
     # slice 0 and 4 clamp their missing neighbour; the window maps -1200..0 onto 0..1
     np.testing.assert_allclose(adjacent[:, :, 0, 0], [[0.25, 0.25, 0.5], [0.5, 0.75, 1.0], [1.0, 1.0, 1.0]])
@@ -108,10 +114,11 @@ def test_slice_indices_uniform_random_and_ranges():
 def test_nl_means_and_clahe_keep_shape_dtype_and_range():
     rng = np.random.default_rng(0)
     flat = np.clip(0.5 + 0.05 * rng.standard_normal((2, 3, 32, 32)), 0, 1)  # float64 in, float32 out
-    for transform in (NLMeansDenoise(), CLAHE()):
+    for transform in (NLMeansDenoise(), CLAHE(), nlm_denoise, clahe):
         out = transform(flat)
         assert out.shape == flat.shape and out.dtype == np.float32
         assert out.min() >= 0 and out.max() <= 1
+    np.testing.assert_array_equal(NLMeansDenoise(strength=9)(flat), nlm_denoise(flat, strength=9))
     assert NLMeansDenoise(strength=15)(flat).std() < 0.5 * flat.std()  # noise removed
     ramp = np.tile(np.linspace(0.45, 0.55, 64, dtype=np.float32), (64, 1))
     assert np.ptp(CLAHE()(ramp)) > 1.3 * np.ptp(ramp)  # contrast stretched, within the clip limit
@@ -148,6 +155,22 @@ def test_rand_transforms_are_reproducible_under_a_seed(name):
     unchanged = off(volume)
     np.testing.assert_array_equal(unchanged, volume)
     assert not np.shares_memory(unchanged, volume)  # a cached input is never handed on to be changed in place
+
+
+def test_ct_augment_composes_the_rand_transforms_and_follows_a_generator():
+    volume = _volume()
+    augment = CTAugment(prob=1.0, elastic=True)
+    first = augment(volume, np.random.default_rng(5))
+    np.testing.assert_array_equal(first, augment(volume, np.random.default_rng(5)))
+    assert not np.array_equal(first, augment(volume, np.random.default_rng(6)))
+    assert first.shape == volume.shape and first.dtype == np.float32
+    assert [type(t).__name__ for t in augment.compose.transforms] == [
+        "RandElastic",
+        "RandLungTexture",
+        "RandBreathingMotion",
+        "RandScannerNoise",
+    ]
+    assert T.CTAugment is CTAugment and T.hu_window is hu_window  # one namespace for the pipeline
 
 
 def test_scanner_noise_grows_with_attenuation():

@@ -10,7 +10,7 @@ noise grows with attenuation, lung texture lives between -950 and -500 HU.
 from __future__ import annotations
 
 import numpy as np
-from monai.transforms import Rand2DElastic, Rand3DElastic, RandomizableTransform
+from monai.transforms import Compose, Rand2DElastic, Rand3DElastic, RandomizableTransform
 from scipy import ndimage
 
 from finescale.data.ct_windows import body_and_lung_masks
@@ -220,3 +220,28 @@ class RandElastic3D(_ElasticWrapper):
 
     def __call__(self, hu: np.ndarray) -> np.ndarray:
         return self._deform(_float32(hu)[None])[0]
+
+
+class CTAugment:
+    """The recipe's CT augmentations in physical order on a (Z, H, W) HU stack: the anatomy varies first (elastic
+    when ``elastic``, lung texture), then the patient breathes, then the scanner adds its noise. Each fires with
+    ``prob``; pass per-transform objects to :class:`monai.transforms.Compose` for other settings.
+
+    ``__call__(hu, rng)`` reseeds every member from ``rng`` (a numpy Generator, e.g. a DataLoader worker's per-item
+    one) before drawing, so the same rng state gives the same augmentation; without ``rng`` the members' own states
+    run on (``set_random_state(seed)`` makes them reproducible).
+    """
+
+    def __init__(self, *, prob: float = 0.5, elastic: bool = False) -> None:
+        anatomy = [RandElastic(prob)] if elastic else []
+        self.compose = Compose([*anatomy, RandLungTexture(prob), RandBreathingMotion(prob), RandScannerNoise(prob)])
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> CTAugment:
+        self.compose.set_random_state(seed, state)
+        return self
+
+    def __call__(self, hu: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """(Z, H, W) HU -> float32 (Z, H, W) HU."""
+        if rng is not None:
+            self.compose.set_random_state(seed=int(rng.integers(2**31 - 1)))
+        return np.asarray(self.compose(_float32(hu)), dtype=np.float32)

@@ -7,8 +7,7 @@ Everything here is deterministic, so it belongs to the cached front of a pipelin
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from scipy import ndimage
@@ -16,9 +15,11 @@ from scipy import ndimage
 BODY_THRESHOLD_HU = -500.0  # denser than aerated lung (about -850) and air (-1000): soft tissue, fluid, bone, table
 
 
-@dataclass(frozen=True)
-class Window:
-    """A display window: HU in [level - width / 2, level + width / 2] maps linearly onto [0, 1]."""
+class Window(NamedTuple):
+    """A display window: HU in [level - width / 2, level + width / 2] maps linearly onto [0, 1].
+
+    A tuple, so ``hu_window(hu, *LUNG)`` works as well as ``apply_window(hu, LUNG)``.
+    """
 
     level: float
     width: float
@@ -31,11 +32,14 @@ class Window:
     def upper(self) -> float:
         return self.level + self.width / 2
 
+    def shifted(self, hu: float) -> Window:
+        """The same width, the level moved by ``hu`` (a miscalibrated scanner, a robustness check)."""
+        return Window(self.level + hu, self.width)
+
 
 LUNG = Window(-600.0, 1500.0)
 MEDIASTINUM = Window(40.0, 400.0)
 BONE = Window(400.0, 1800.0)
-DEFAULT_WINDOWS = (LUNG, MEDIASTINUM, BONE)
 
 
 def hu_window(hu: np.ndarray, level: float, width: float) -> np.ndarray:
@@ -109,22 +113,21 @@ def three_channel(
     indices: Sequence[int] | np.ndarray,
     *,
     mode: Literal["windows", "adjacent"] = "windows",
-    windows: Sequence[Window] = DEFAULT_WINDOWS,
     window: Window = LUNG,
+    extra_windows: tuple[Window, Window] = (MEDIASTINUM, BONE),
     offset: int = 1,
 ) -> np.ndarray:
     """The 3 input channels of slices ``indices`` of ``volume`` (Z, H, W) HU -> float32 (S, 3, H, W) in [0, 1].
 
-    ``windows``: each slice in the three ``windows`` (lung, mediastinum, bone by default): 3 contrasts of one plane.
-    ``adjacent``: the slice ``offset`` below, the slice and the slice ``offset`` above, all in ``window``: the
-    through-plane context a 2-D backbone otherwise lacks (vessel vs nodule). Neighbours are clamped at the ends.
+    ``windows``: each slice in ``window`` and the two ``extra_windows`` (lung, mediastinum, bone by default): three
+    contrasts of one plane. ``adjacent``: the slice ``offset`` below, the slice and the slice ``offset`` above, all
+    in ``window``: the through-plane context a 2-D backbone otherwise lacks (vessel vs nodule); neighbours are
+    clamped at the ends. Either way ``window`` is the lung channel, the one :func:`adaptive_window` replaces.
     """
     indices = np.asarray(indices, dtype=np.int64)
     if mode == "windows":
-        if len(windows) != 3:
-            raise ValueError(f"give 3 windows, got {len(windows)}")
         planes = volume[indices]
-        return np.stack([apply_window(planes, w) for w in windows], axis=1)
+        return np.stack([apply_window(planes, w) for w in (window, *extra_windows)], axis=1)
     if mode == "adjacent":
         depth = volume.shape[0]
         neighbours = [np.clip(indices + k, 0, depth - 1) for k in (-offset, 0, offset)]
