@@ -66,5 +66,4 @@ def ensemble_probabilities(
             ]
             # a member's views averaged in probability; MC samples stay apart for the bayesian pooling
             members.append(np.mean(views, axis=0) if mc else tta_aggregate(np.stack(views), kind="mean"))
-    stacked = np.concatenate(members) if mc else np.stack(members)
-    return combine(stacked, kind=ensemble)
+    return combine(np.stack(members), kind=ensemble)  # (M, N, 18), or (M, samples, N, 18) for bayesian

@@ -75,7 +75,7 @@ class CTPredictor(BatchedImagePredictor):
                         views.append(model.predict(view)["probs"])
                 stacked = torch.stack(views).float().cpu().numpy()
                 members.append(stacked.mean(axis=0) if mc else tta_aggregate(stacked, kind="mean"))
-        probs, uncertainty = combine(np.concatenate(members) if mc else np.stack(members), kind=self.ensemble)
+        probs, uncertainty = combine(np.stack(members), kind=self.ensemble)
         return [
             {
                 "probabilities": {name: round(float(p), 4) for name, p in zip(LABELS, row, strict=True)},

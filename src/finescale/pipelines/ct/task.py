@@ -13,8 +13,8 @@ from finescale.engine.task import TaskModule
 from finescale.eval.multilabel import vlm3d_scores
 from finescale.eval.scores import CollectedScores
 from finescale.pipelines.ct.config import CTConfig
-from finescale.pipelines.ct.model import build_model
 from finescale.pipelines.ct.mixing import mix_batch
+from finescale.pipelines.ct.model import build_model
 
 LOGGED = ("ct_macro_auroc", "ct_macro_f1", "ct_macro_precision", "ct_macro_recall", "ct_macro_accuracy")
 
@@ -40,7 +40,9 @@ class CTTask(TaskModule):
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Mix the training batch (targets become soft); validation and prediction see the images as they are."""
         if self.trainer is not None and self.trainer.training and self.cfg.data.mix != "none":
-            batch = mix_batch(batch, kind=self.cfg.data.mix, alpha=self.cfg.data.mix_alpha, generator=self.mix_generator)
+            batch = mix_batch(
+                batch, kind=self.cfg.data.mix, alpha=self.cfg.data.mix_alpha, generator=self.mix_generator
+            )
         return batch
 
     def update_val_metrics(self, batch: dict, prediction: dict[str, torch.Tensor]) -> None:

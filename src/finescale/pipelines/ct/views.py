@@ -10,6 +10,8 @@ copy: strong scanner noise, breathing motion and a shifted window, the same for 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,20 @@ from finescale.data import ct_transforms as T
 from finescale.pipelines.ct.config import CTConfig
 
 BODY_HU = -500.0  # above: body (soft tissue, bone); below: air and lung
+
+
+def corruption() -> Callable[[np.ndarray], np.ndarray]:
+    """The robustness check's corrupted copy, identical for every model and call: strong scanner noise, breathing
+    motion, and a +60 HU calibration offset (so every window sits 60 HU off)."""
+    noise = T.RandScannerNoise(1.0, quantum_std=(35.0, 35.0), electronic_std=(12.0, 12.0))
+    motion = T.RandBreathingMotion(1.0, max_shift=6)
+
+    def corrupt(hu: np.ndarray) -> np.ndarray:
+        noise.set_random_state(seed=0)
+        motion.set_random_state(seed=1)
+        return noise(motion(hu)) + 60.0
+
+    return corrupt
 
 
 class SliceViews:
@@ -31,8 +47,8 @@ class SliceViews:
         self.train, self.view, self.corrupt = train, view, corrupt
         first = cfg.data.progressive_sizes[0] if train and cfg.data.progressive_sizes else cfg.data.image_size
         self._size = torch.tensor([first], dtype=torch.int64).share_memory_()
-        self.augment = T.ct_augmentations(elastic=cfg.data.elastic) if train and cfg.data.ct_augment else None
-        self.corruption = T.corruption() if corrupt else None
+        self.augment = T.CTAugment(elastic=cfg.data.elastic) if train and cfg.data.ct_augment else None
+        self.corruption = corruption() if corrupt else None
 
     def set_size(self, size: int) -> None:
         self._size[0] = int(size)
@@ -46,35 +62,29 @@ class SliceViews:
             return self.whole_volume(volume, rng)
         return self.slices(volume, rng)
 
-    def _hu(self, stack: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Augmentation (training) or corruption (robustness check) in HU, on a (N, Y, X) float32 stack."""
-        stack = stack.astype(np.float32)
+    def _hu(self, volume: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Augmentation (training) or corruption (robustness check) in HU, on the (Z, Y, X) volume: breathing motion
+        acts on runs of neighbouring slices, so it needs the volume, not the chosen slices alone."""
+        hu = volume.astype(np.float32)
         if self.augment is not None:
-            stack = self.augment(stack, rng)
+            hu = self.augment(hu, rng)
         if self.corruption is not None:
-            stack = self.corruption(stack, np.random.default_rng(0))
-        return stack
+            hu = self.corruption(hu)
+        return hu
 
     def slices(self, volume: np.ndarray, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         depth = volume.shape[0]
         mode = "random" if self.train else "uniform"
         index = T.slice_indices(depth, self.data.slices_per_volume, mode=mode, rng=rng)
         index = np.clip(index + (self.view // 2) * (1 if self.view % 4 < 2 else -1), 0, depth - 1)  # TTA shifts
-        needed = np.unique(np.clip(np.concatenate([index - 1, index, index + 1]), 0, depth - 1))
-        hu = dict(zip(needed.tolist(), self._hu(volume[needed], rng), strict=True))
-        window = T.adaptive_window(volume) if self.data.window == "adaptive" else None
-        shift = 60.0 if self.corrupt else 0.0  # the corrupted copy's window is off by 60 HU
-        channels = np.stack(
-            [
-                T.three_channel(hu, int(i), mode=self.data.channels, window=window, depth=depth, level_shift=shift)
-                for i in index
-            ]
-        )  # (S, 3, Y, X) in [0, 1]
+        hu = self._hu(volume, rng)
+        window = T.adaptive_window(hu) if self.data.window == "adaptive" else T.LUNG
+        channels = T.three_channel(hu, index, mode=self.data.channels, window=window)  # (S, 3, Y, X) in [0, 1]
         if self.data.denoise:
             channels = T.nlm_denoise(channels)
         if self.data.clahe:
             channels = T.clahe(channels)
-        body = np.stack([hu[int(i)] > BODY_HU for i in index])[:, None].astype(np.float32)
+        body = (hu[index] > BODY_HU)[:, None].astype(np.float32)
         x, body_t = self._resize(torch.from_numpy(channels), torch.from_numpy(body))
         x, body_t = self._flip(x, body_t, rng)
         return {"slices": x, "body": body_t}
@@ -96,4 +106,3 @@ class SliceViews:
         """Left-right flip: random in training (``flips``), on odd test-time views."""
         flip = (self.train and self.data.flips and rng.random() < 0.5) or (not self.train and self.view % 2 == 1)
         return (x.flip(-1), body.flip(-1)) if flip else (x, body)
-

@@ -19,7 +19,7 @@ from finescale.engine.run import METRICS, fit_and_report, skipped_counts, update
 from finescale.engine.trainer import BEST
 from finescale.errors import FinescaleError
 from finescale.eval.calibration import fit_platt, fit_temperature
-from finescale.eval.multilabel_plots import plot_calibration, plot_roc_curves
+from finescale.eval.multilabel_plots import plot_reliability, plot_roc_curves
 from finescale.eval.prediction_files import write_predictions_csv, write_predictions_json
 from finescale.eval.report import Figure, Section, write_report
 from finescale.pipelines import prefix_metrics
@@ -153,7 +153,7 @@ def write_outputs(
     plots = folder / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     roc = plot_roc_curves(probs, labels, LABELS, plots / "ct_roc.png")
-    reliability = plot_calibration(probs, labels, plots / "ct_calibration.png")
+    reliability = plot_reliability(probs, labels, plots / "ct_calibration.png")
     return [
         Figure("ROC curves", roc, "One panel per label; the AUROC in each title. VLM3D averages over the 18."),
         Figure("Calibration", reliability, "Predicted probability against the observed rate; 0.5 is the threshold."),
