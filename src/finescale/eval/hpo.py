@@ -2,24 +2,44 @@
 interruption and several processes (or machines, with PostgreSQL) can share one study.
 
 Each trial trains in ``out/trials/trial-<hash of its parameters>`` and is scored on the validation manifest (the test
-split stays untouched for the final report). A trial killed mid-run is marked failed by the storage heartbeat and
-retried once with the same parameters, hence in the same folder, so its training resumes from ``last.ckpt``.
+split stays untouched for the final report).
+
+Every process that takes part (the ``hpo`` command with ``--parallel 1``, or each of its worker processes) runs trials
+until the study holds the asked number of finished (complete or pruned) trials. Running trials keep a heartbeat in
+the storage (every ``FINESCALE_HPO_HEARTBEAT_S`` seconds, 30 by default): a trial whose heartbeat is older than
+``FINESCALE_HPO_GRACE_S`` (3 heartbeats by default) belongs to a dead process or machine; it is marked failed and
+retried once with the same parameters, hence in the same folder, so its training resumes from ``last.ckpt``. A new
+trial is started only while finished + running + waiting (retry) trials fall short of the asked number, so trials
+running in live processes elsewhere are not run a second time; when nothing is left to start, a process waits until
+the running trials finish or go stale. Worker processes die with the ``hpo`` process that started them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import importlib.util
+import inspect
 import json
 import logging
 import multiprocessing as mp
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import optuna
+import sqlalchemy.exc
 from lightning.pytorch.callbacks import Callback
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
 
 from finescale.errors import FinescaleError
 from finescale.eval.bench import ensure_data, run_variant
@@ -28,14 +48,96 @@ from finescale.pipelines import Pipeline, SearchSpace, get_pipeline
 from finescale.serialize import to_jsonable, write_json
 
 log = logging.getLogger("finescale")
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+try:  # Optuna >= 4.9 renamed the callback and its RDBStorage argument
+    from optuna.storages import RetryHeartbeatStaleTrialCallback as _RetryCallback
+except ImportError:  # pragma: no cover - older Optuna
+    from optuna.storages import RetryFailedTrialCallback as _RetryCallback
+_CALLBACK_ARG = (
+    "heartbeat_stale_trial_callback"
+    if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage.__init__).parameters
+    else "failed_trial_callback"
+)
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """(heartbeat interval, grace period) in whole seconds: ``FINESCALE_HPO_HEARTBEAT_S`` (default 30) and
+    ``FINESCALE_HPO_GRACE_S`` (default three intervals). A running trial whose last heartbeat is older than the grace
+    period is taken for dead: keep the grace period well above the interval, or a busy live trial may be failed."""
+    try:
+        interval = int(os.environ.get("FINESCALE_HPO_HEARTBEAT_S", "30"))
+        grace = int(os.environ.get("FINESCALE_HPO_GRACE_S", str(3 * interval)))
+    except ValueError as err:
+        raise FinescaleError(f"FINESCALE_HPO_HEARTBEAT_S, FINESCALE_HPO_GRACE_S: whole seconds, not {err}") from None
+    if interval <= 0 or grace <= interval:
+        raise FinescaleError(f"need 0 < FINESCALE_HPO_HEARTBEAT_S < FINESCALE_HPO_GRACE_S, got {interval}, {grace}")
+    return interval, grace
+
+
+def storage_url(url: str) -> str:
+    """``url`` with the psycopg2 driver named when it is a bare ``postgresql://`` URL and only psycopg2 is installed:
+    SQLAlchemy >= 2.1 maps a bare ``postgresql://`` to psycopg 3, while the ``postgres`` extra installs psycopg2."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return f"postgresql+psycopg2://{rest}"
+    return url
 
 
 def storage_for(url: str) -> RDBStorage:
-    """RDB storage with a heartbeat: trials of a dead process become FAIL and are retried once."""
-    return RDBStorage(
-        url, heartbeat_interval=30, grace_period=90, failed_trial_callback=RetryFailedTrialCallback(max_retry=1)
-    )
+    """RDB storage with a heartbeat: trials of a dead process become FAIL and are retried once (as a WAITING trial
+    with the same parameters, which the next ``ask`` of any process takes)."""
+    interval, grace = heartbeat_settings()
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                kwargs = {_CALLBACK_ARG: _RetryCallback(max_retry=1)}
+                return RDBStorage(url, heartbeat_interval=interval, grace_period=grace, **kwargs)
+        except sqlalchemy.exc.SQLAlchemyError:
+            # several machines creating the tables of a new database at once: one wins, the others retry and load
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """TPE whose random draws are seeded by the sampler seed and the trial's number, which the storage hands out
+    once per study: processes and machines started with the same ``--seed`` draw different parameters (a single
+    seeded TPE in each would start every one of them with the same parameter set), and a study run by one process
+    draws the same parameters every time."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._samplers: dict[int, optuna.samplers.TPESampler] = {}
+
+    def _tpe(self, trial: FrozenTrial) -> optuna.samplers.TPESampler:
+        if trial.number not in self._samplers:
+            seed = (self.seed * 1_000_003 + trial.number) % 2**32
+            self._samplers[trial.number] = optuna.samplers.TPESampler(seed=seed)
+        return self._samplers[trial.number]
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+        return self._tpe(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, Any]) -> dict:
+        return self._tpe(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str, distribution: Any) -> Any:
+        return self._tpe(trial).sample_independent(study, trial, param_name, distribution)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        self._tpe(trial).before_trial(study, trial)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState, values: Any) -> None:
+        sampler = self._samplers.pop(trial.number, None)
+        if sampler is not None:
+            sampler.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        pass  # the seeds are per trial; nothing to reseed
 
 
 class PruneOnPlateau(Callback):
@@ -68,6 +170,21 @@ class PruneOnPlateau(Callback):
             trainer.should_stop = True
 
 
+class SurplusTrial(FinescaleError):
+    """A trial started when the study already held its asked number of trials (processes racing for the last
+    one): it ends FAIL before it suggests or trains anything."""
+
+
+def _claim(trial: optuna.Trial, n_trials: int) -> None:
+    """Raise :class:`SurplusTrial` unless fewer than ``n_trials`` trials numbered below this one are finished,
+    running or waiting. Trial numbers are handed out under a lock on the study, so of several processes that
+    started a trial for the same last place, only the lowest number keeps it."""
+    ahead = sum(t.number < trial.number and t.state != TrialState.FAIL for t in trial.study.get_trials(deepcopy=False))
+    if ahead >= n_trials:
+        trial.set_user_attr("surplus", True)
+        raise SurplusTrial(f"trial {trial.number} not needed: {ahead} earlier trials are finished, running or waiting")
+
+
 def _objective(
     pipeline: Pipeline,
     out: Path,
@@ -75,6 +192,7 @@ def _objective(
     preset: str,
     overrides: Mapping[str, Any],
     config_file: Path | None,
+    n_trials: int,
 ) -> Callable[[optuna.Trial], float]:
     from finescale.config import build_config
 
@@ -82,9 +200,11 @@ def _objective(
     base = build_config(pipeline.config_class, preset=preset, config_file=config_file, overrides=overrides)
 
     def objective(trial: optuna.Trial) -> float:
+        _claim(trial, n_trials)
         space = search.suggest(trial, base)
         run_dir = out / "trials" / params_key(trial.params)
         trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", f"{os.uname().nodename}:{os.getpid()}")
         run_overrides = {
             **overrides,
             **space,
@@ -124,9 +244,150 @@ def params_key(params: Mapping[str, Any]) -> str:
     return "trial-" + hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def _worker(name: str, study_name: str, url: str, n_trials: int, kwargs: dict) -> None:
-    study = optuna.load_study(study_name=study_name, storage=storage_for(url), pruner=pruner())
-    study.optimize(_objective(get_pipeline(name), **kwargs), n_trials=n_trials, catch=(FinescaleError,))
+def fail_stale_trials(study: optuna.Study) -> None:
+    """Mark the running trials whose heartbeat is older than the grace period FAIL; the storage's callback enqueues
+    each one's retry as a WAITING trial with the same parameters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+class SilentTrials:
+    """Finds RUNNING trials that never recorded a heartbeat: their process died between creating the trial (or
+    taking a waiting retry) and the heartbeat thread's first beat, a window that a kill right after a finished
+    trial hits. Optuna's stale check skips trials without a heartbeat, so these would count as running forever. A
+    trial seen silent for longer than the grace period (timed here, so clocks of other machines do not matter) is
+    marked FAIL and retried like a stale one."""
+
+    _QUERY = sqlalchemy.text(
+        "SELECT t.trial_id FROM trials t WHERE t.study_id = :study AND t.state = 'RUNNING' "
+        "AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)"
+    )
+
+    def __init__(self, storage: RDBStorage) -> None:
+        self.storage = storage
+        self.since: dict[int, float] = {}
+
+    def fail(self, study: optuna.Study) -> None:
+        _, grace = heartbeat_settings()
+        study_id = self.storage.get_study_id_from_name(study.study_name)
+        try:
+            with self.storage.engine.connect() as conn:
+                silent = {row[0] for row in conn.execute(self._QUERY, {"study": study_id})}
+        except sqlalchemy.exc.SQLAlchemyError as err:  # a busy SQLite file: look again on the next call
+            log.debug("hpo: silent-trial check failed: %s", err)
+            return
+        now = time.monotonic()
+        self.since = {trial_id: self.since.get(trial_id, now) for trial_id in silent}
+        for trial_id, since in list(self.since.items()):
+            if now - since <= grace:
+                continue
+            del self.since[trial_id]
+            try:
+                if not self.storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                    continue
+            except optuna.exceptions.UpdateFinishedTrialError:  # another process got there first
+                continue
+            trial = self.storage.get_trial(trial_id)
+            log.info("hpo: trial %d never sent a heartbeat in %d s; marked failed and retried", trial.number, grace)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                _RetryCallback(max_retry=1)(study, trial)
+
+
+def owed(study: optuna.Study, silent: SilentTrials) -> dict[str, int]:
+    """Trials per state after failing the dead ones (stale heartbeat, or none for longer than the grace period):
+    ``finished`` (complete or pruned), ``running`` (in live processes here or elsewhere, or dead ones still within
+    the grace period) and ``waiting`` (retries)."""
+    fail_stale_trials(study)
+    silent.fail(study)
+    trials = study.get_trials(deepcopy=False)
+    return {
+        "finished": sum(t.state in FINISHED for t in trials),
+        "running": sum(t.state == TrialState.RUNNING for t in trials),
+        "waiting": sum(t.state == TrialState.WAITING for t in trials),
+    }
+
+
+def run_trials(
+    study: optuna.Study, storage: RDBStorage, objective: Callable[[optuna.Trial], float], n_trials: int
+) -> int:
+    """Run trials one at a time until the study holds ``n_trials`` finished ones; returns how many this process
+    ran. A waiting retry is taken first; a new trial only while finished + running + waiting < ``n_trials``; with
+    nothing to start, wait for the running trials (here or on other machines) to finish or go stale. Stops after
+    ``n_trials`` of its own trials failed (an objective error), so a broken setup does not loop forever.
+
+    A trial of this process that another one failed as stale while it still ran (its heartbeat came too late: a
+    grace period too short for the load) cannot be told its result any more; it is left FAIL, its retry counts in
+    its place, and this process carries on."""
+    interval, _ = heartbeat_settings()
+    silent = SilentTrials(storage)
+    ran = failed = 0
+    last: list[FrozenTrial] = []
+    started: list[int] = []
+    raised: list[BaseException] = []
+
+    def tracked(trial: optuna.Trial) -> float:
+        started.append(trial.number)
+        try:
+            return objective(trial)
+        except BaseException as err:
+            raised.append(err)
+            raise
+
+    while True:
+        count = owed(study, silent)
+        if count["finished"] >= n_trials:
+            return ran
+        if not count["waiting"] and count["finished"] + count["running"] >= n_trials:
+            time.sleep(min(interval, 5))
+            continue
+        last.clear()
+        started.clear()
+        raised.clear()
+        try:
+            study.optimize(tracked, n_trials=1, catch=(FinescaleError,), callbacks=[lambda _s, t: last.append(t)])
+        except Exception as err:  # tell() refusing a FAIL trial (Optuna 5 turns it into "Should not reach.")
+            mine = [t for t in study.get_trials(deepcopy=False) if started and t.number == started[0]]
+            if err in raised or not mine or mine[0].state != TrialState.FAIL:
+                raise
+            log.warning(
+                "hpo: trial %d was taken for dead while it ran (late heartbeat); its retry replaces it", started[0]
+            )
+            continue
+        ran += 1
+        if last and last[0].state == TrialState.FAIL and not last[0].user_attrs.get("surplus"):
+            failed += 1
+            if failed >= n_trials:
+                log.warning("hpo: %d trials of this process failed; stopping it", failed)
+                return ran
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make this worker die when the ``hpo`` process that started it does, even by SIGKILL: Linux's
+    PR_SET_PDEATHSIG, and a thread that exits once the parent pid changes (other systems, or a parent that died
+    before the prctl call)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError) as err:  # pragma: no cover - no libc prctl
+            log.debug("PR_SET_PDEATHSIG unavailable: %s", err)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, name="hpo-parent-watch", daemon=True).start()
+
+
+def _worker(name: str, study_name: str, url: str, n_trials: int, seed: int, parent: int, kwargs: dict) -> None:
+    _die_with_parent(parent)
+    storage = storage_for(url)
+    study = optuna.load_study(study_name=study_name, storage=storage, sampler=TrialSeededSampler(seed), pruner=pruner())
+    run_trials(study, storage, _objective(get_pipeline(name), n_trials=n_trials, **kwargs), n_trials)
 
 
 def pruner() -> optuna.pruners.BasePruner:
@@ -150,23 +411,26 @@ def run_hpo(
     config_file: Path | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Run trials until the study holds ``n_trials`` finished ones (a rerun continues), ``parallel`` processes at a
-    time; writes ``out/hpo.json`` and returns its content."""
+    """Run trials until the study holds ``n_trials`` finished ones (a rerun continues; trials still running in live
+    processes elsewhere count as owed, not as missing), ``parallel`` processes at a time; writes ``out/hpo.json``
+    and returns its content."""
     search = search_space(pipeline)  # fail before any data is written
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{out / 'study.db'}"
+    url = storage_url(storage or f"sqlite:///{out / 'study.db'}")
     study_name = study_name or f"{pipeline.name}-{preset}"
     data_dir = ensure_data(pipeline, data_dir or out / "data", n=n or pipeline.demo_size)
+    storage = storage_for(url)
     study = optuna.create_study(
         study_name=study_name,
-        storage=storage_for(url),
+        storage=storage,
         direction=search.direction,
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=TrialSeededSampler(seed),
         pruner=pruner(),
         load_if_exists=True,
     )
-    remaining = max(0, n_trials - len(study.get_trials(states=FINISHED)))
+    count = owed(study, SilentTrials(storage))
+    remaining = max(0, n_trials - count["finished"])
     kwargs = {
         "out": out,
         "data_dir": data_dir,
@@ -175,17 +439,26 @@ def run_hpo(
         "config_file": config_file,
     }
     workers = max(1, min(parallel, remaining))
-    shares = [remaining // workers + (i < remaining % workers) for i in range(workers)]
     log.info(
-        "hpo %s: %d trials to run in %d process(es), study %s in %s", pipeline.name, remaining, workers, study_name, url
+        "hpo %s: %d of %d trials to finish (%d running, %d waiting for a retry) in %d process(es), study %s in %s",
+        pipeline.name,
+        remaining,
+        n_trials,
+        count["running"],
+        count["waiting"],
+        workers,
+        study_name,
+        url,
     )
     if workers == 1:
         if remaining:
-            study.optimize(_objective(pipeline, **kwargs), n_trials=remaining, catch=(FinescaleError,))
+            run_trials(study, storage, _objective(pipeline, n_trials=n_trials, **kwargs), n_trials)
     else:
-        # spawn: a fresh interpreter per worker, no forked torch or SQLite state
+        # spawn: a fresh interpreter per worker, no forked torch or SQLite state; each runs trials until the study
+        # holds n_trials finished ones, and dies with this process
         ctx = mp.get_context("spawn")
-        procs = [ctx.Process(target=_worker, args=(pipeline.name, study_name, url, share, kwargs)) for share in shares]
+        args = (pipeline.name, study_name, url, n_trials, seed, os.getpid(), kwargs)
+        procs = [ctx.Process(target=_worker, args=args) for _ in range(workers)]
         for proc in procs:
             proc.start()
         for proc in procs:
