@@ -127,7 +127,9 @@ def test_train_resume_eval_predict_load(synthetic: tuple[str, Path], accelerator
     metrics = json.loads(result.stdout)
     assert metrics[pipeline.bench_metrics[0]] is not None
     stored = json.loads((run / "metrics.json").read_text())
-    foreign = [k for k in stored if not (k.startswith(f"{name}_") or is_run_key(k))]
+    assert all(is_run_key(k) for k in stored if k != "eval"), stored  # the training summary, then the evaluations
+    assert stored["eval"][(data / "test.json").as_posix()] == metrics  # that evaluation alone, under its manifest
+    foreign = [k for k in metrics if not k.startswith(f"{name}_")]
     assert not foreign, f"metrics.json keys without the {name}_ prefix: {foreign}"
     assert (run / "report.html").exists()
 

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 CURVE_TITLES = {LOSS_PNG: "Losses", VAL_PNG: "Validation metrics", LR_PNG: "Learning rate"}
 INDEX_MAX_METRICS = 20
+EVAL_KEY = "eval"  # metrics.json's evaluations, {manifest: metrics} (engine/run.py writes them)
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -38,7 +39,9 @@ h2{margin:32px 0 12px;padding-bottom:4px;border-bottom:2px solid #d9dde4;font-si
 nav a{margin-right:14px}
 a{color:#1f5fbf}
 table.kv{border-collapse:collapse;background:#fff;font-size:.92em;min-width:360px}
-table.kv td{padding:4px 12px;border-bottom:1px solid #e6e8ec}
+table.kv td,table.kv th{padding:4px 12px;border-bottom:1px solid #e6e8ec}
+table.kv th{text-align:left;background:#eef1f5;font-weight:600}
+table.kv th.v{text-align:right;font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em}
 table.kv td.v{font-family:ui-monospace,Menlo,Consolas,monospace;text-align:right}
 table.kv tr:nth-child(even){background:#f9fafb}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:16px;margin-top:12px}
@@ -165,6 +168,37 @@ def _table_html(table: Mapping[str, Any], limit: int | None = None) -> str:
     return f'<table class="kv">{body}</table>{more}' if rows else ""
 
 
+def _evaluations_html(evaluations: Mapping[str, Any]) -> str:
+    """One column per manifest evaluated, one row per metric (blank where an evaluation lacks it)."""
+    columns = {str(name): flatten(m) if isinstance(m, Mapping) else {"value": m} for name, m in evaluations.items()}
+    keys = list(dict.fromkeys(k for values in columns.values() for k in values))
+    head = "<tr><th>metric</th>" + "".join(f'<th class="v">{_esc(name)}</th>' for name in columns) + "</tr>"
+    rows = "".join(
+        f"<tr><td>{_esc(k)}</td>"
+        + "".join(f'<td class="v">{_esc(format_value(v[k])) if k in v else ""}</td>' for v in columns.values())
+        + "</tr>"
+        for k in keys
+    )
+    note = '<p class="meta">one column per manifest evaluated (<code>eval --json</code>)</p>'
+    return f'{note}<table class="kv">{head}{rows}</table>'
+
+
+def _metrics_sections(metrics: Mapping[str, Any], base: Path) -> list[str]:
+    """metrics.json as tables: the training summary, the evaluations (by manifest) and any other keys apart."""
+    from finescale.pipelines import is_run_key
+
+    flat = {k: v for k, v in metrics.items() if k != EVAL_KEY}
+    summary = {k: v for k, v in flat.items() if is_run_key(k)}
+    other = {k: v for k, v in flat.items() if k not in summary}
+    evaluations = metrics.get(EVAL_KEY)
+    parts = [_section_html(Section("Training summary", table=summary), base) if summary else ""]
+    if isinstance(evaluations, Mapping) and evaluations:
+        parts.append(_section_html(Section("Test metrics", html=_evaluations_html(evaluations)), base))
+    if other:
+        parts.append(_section_html(Section("Metrics" if not summary else "Other metrics", table=other), base))
+    return parts
+
+
 def _figures_html(figures: Iterable[Figure], base: Path, used: set[Path] | None = None) -> str:
     items, missing = [], []
     for fig in figures:
@@ -217,7 +251,8 @@ def _write(path: Path, text: str) -> Path:
 
 
 def write_report(run_dir: str | Path, *, title: str, sections: Sequence[Section] = ()) -> Path:
-    """Write ``run_dir/report.html``: metrics.json table, training curves (rendered into ``plots/`` from the CSV log),
+    """Write ``run_dir/report.html``: metrics.json's tables (training summary; test metrics, one column per
+    manifest), training curves (rendered into ``plots/`` from the CSV log),
     the given sections, other PNGs found in ``plots/``, and config.yaml. Missing or unreadable inputs are skipped."""
     run_dir = Path(run_dir)
     parts: list[str] = []
@@ -225,7 +260,7 @@ def write_report(run_dir: str | Path, *, title: str, sections: Sequence[Section]
 
     metrics = _read_json(run_dir / "metrics.json")
     if metrics:
-        parts.append(_section_html(Section("Metrics", table=metrics), run_dir))
+        parts.extend(_metrics_sections(metrics, run_dir))
 
     csv_path = _csv_log(run_dir)
     if csv_path is not None:
