@@ -27,6 +27,7 @@ from finescale.data.volume_store import (
     VolumeStore,
     encode_volume,
     parse_codec,
+    read_volume_file,
 )
 from finescale.errors import FinescaleError
 
@@ -148,6 +149,14 @@ def test_volumes_are_chunked_along_z_and_read_without_finescale(tmp_path):
     assert array.vlmeta["finescale"]["spacing"] == list(SPACING)
 
 
+def test_read_volume_file_reads_b2nd_files_of_any_chunking(tmp_path):
+    """The store reads whole-plane blocks as flat items; any other layout goes through NDArray slicing."""
+    array = np.random.default_rng(0).integers(-1024, 3072, (9, 7, 5)).astype(np.int16)
+    blosc2.asarray(array, chunks=(2, 4, 5), blocks=(1, 2, 5), urlpath=str(tmp_path / "other.b2nd"), mode="w")
+    for z in (None, [8, 0, 0, 3, 4], slice(2, 9)):
+        np.testing.assert_array_equal(read_volume_file(tmp_path / "other.b2nd", z), array if z is None else array[z])
+
+
 def test_manifest_records_keep_labels_and_metadata_rows_set_the_hu_scaling(tmp_path):
     src = tmp_path / "data"
     paths = make_folder(src / "volumes", 2)
@@ -201,6 +210,10 @@ def test_a_second_pack_skips_stored_volumes_and_adds_new_ones(tmp_path):
     assert {name: store.file(name).stat().st_mtime_ns for name in mtimes} == mtimes  # not rewritten
     with pytest.raises(FinescaleError, match="spacing"):
         pack_quietly(tmp_path / "src", tmp_path / "store", spacing=(3.0, 1.5, 1.5))
+    with pytest.raises(FinescaleError, match="not a volume store"):
+        VolumeStore(tmp_path / "src")
+    with pytest.raises(FinescaleError, match="not a volume store"):
+        pack_quietly(tmp_path / "src", tmp_path / "src" / "train_0")  # a folder holding other files
 
 
 KILLED_PACK = """
@@ -304,6 +317,12 @@ def test_incompressible_volumes_are_stored_uncompressed(tmp_path):
     assert store.meta("noise.nii.gz")["codec"] == "none" and store.meta("body.nii.gz")["codec"] == "lz4+shuffle"
     assert set(stats["codecs"]) == {"none", "lz4+shuffle"}
     np.testing.assert_array_equal(store.read("noise.nii.gz"), hu)
+
+
+def test_pack_is_importable_from_the_store_module():
+    from finescale.data import volume_pack, volume_store
+
+    assert volume_store.pack is volume_pack.pack
 
 
 def test_codec_names_parse_to_blosc_settings():

@@ -43,7 +43,7 @@ import fsspec
 import numpy as np
 
 from finescale.data.ct_grid import to_grid
-from finescale.data.ct_io import find_metadata_row, read_metadata_csv, read_volume, volume_stem, volume_suffix
+from finescale.data.ct_io import read_metadata_csv, read_volume, volume_stem, volume_suffix
 from finescale.data.manifest import _read_raw as read_manifest_records
 from finescale.data.volume_store import (
     DEFAULT_CODEC,
@@ -108,11 +108,17 @@ def _size(location: str) -> int | None:
 
 
 class _MetadataTables:
-    """Metadata CSVs read once each: ``--metadata-csv`` for every volume, else the CSV a record names."""
+    """Metadata CSVs read once each: ``metadata_csv`` for every volume, else the CSV a record names (or its own
+    row). A volume finds its row by VolumeName, else by stem (``x.mha`` -> the row of ``x.nii.gz``)."""
 
     def __init__(self, forced: str | os.PathLike | None):
-        self.forced = read_metadata_csv(forced) if forced is not None else None
+        self.forced = self._indexed(read_metadata_csv(forced)) if forced is not None else None
         self.by_path: dict[str, dict[str, dict[str, Any]]] = {}
+
+    @staticmethod
+    def _indexed(table: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """{VolumeName or stem: row}: one dict lookup per volume, not a scan of 50k rows."""
+        return {volume_stem(name): row for name, row in table.items()} | dict(table)
 
     def row(self, name: str, record_metadata: Any = None, root: Path | None = None) -> dict[str, Any] | None:
         if self.forced is not None:
@@ -121,10 +127,12 @@ class _MetadataTables:
             return dict(record_metadata)
         elif isinstance(record_metadata, str) and record_metadata:
             csv_path = str(root / record_metadata if root is not None else record_metadata)
-            table = self.by_path.setdefault(csv_path, read_metadata_csv(csv_path))
+            if csv_path not in self.by_path:
+                self.by_path[csv_path] = self._indexed(read_metadata_csv(csv_path))
+            table = self.by_path[csv_path]
         else:
             return None
-        row = find_metadata_row(table, name)
+        row = table.get(os.path.basename(name)) or table.get(volume_stem(name))
         return dict(row) if row is not None else None
 
 
@@ -534,7 +542,12 @@ def pack(
         tally.not_packed = len(items) - done
         stats = _stats(store, items, tally, budget, codec) | {"seconds": round(time.perf_counter() - started, 2)}
         (root / "pack_stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
-    log.info(_summary(stats))
+    if progress:
+        from rich.console import Console
+
+        Console(stderr=True).print(_summary(stats), highlight=False)
+    else:
+        log.info(_summary(stats))
     return stats
 
 

@@ -52,6 +52,7 @@ __all__ = [
     "init_store",
     "parse_codec",
     "read_volume_file",
+    "store_layout",
 ]
 
 STORE_FORMAT = "finescale-volume-store"
@@ -128,7 +129,7 @@ def parse_codec(name: str) -> StoreCodec:
 # ----------------------------------------------------------------------------------------------- volume files
 
 
-def _layout(shape: Sequence[int]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+def store_layout(shape: Sequence[int]) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     """(chunks, blocks) for a (Z, Y, X) volume: CHUNK_SLICES full planes per chunk, one plane per block."""
     z, y, x = shape
     return (max(1, min(CHUNK_SLICES, z)), y, x), (1, y, x)
@@ -136,7 +137,7 @@ def _layout(shape: Sequence[int]) -> tuple[tuple[int, int, int], tuple[int, int,
 
 def _compress(grid: np.ndarray, codec: StoreCodec) -> tuple[blosc2.NDArray, float]:
     """(in-memory NDArray, seconds): the codec's cost alone, without the file system's."""
-    chunks, blocks = _layout(grid.shape)
+    chunks, blocks = store_layout(grid.shape)
     start = time.perf_counter()
     array = blosc2.asarray(grid, chunks=chunks, blocks=blocks, cparams=codec.cparams(grid.itemsize))
     return array, time.perf_counter() - start
@@ -210,24 +211,35 @@ def _runs(sorted_unique: np.ndarray) -> Iterable[tuple[int, int]]:
     return [(int(sorted_unique[a]), int(sorted_unique[b - 1]) + 1) for a, b in zip(starts, stops, strict=True)]
 
 
-def read_volume_file(path: str | os.PathLike, z: slice | Sequence[int] | None = None) -> np.ndarray:
-    """(Z', Y, X) int16 from a ``.b2nd`` volume; ``z`` picks slices (a slice, or indices in any order).
+def _planes_are_blocks(array: blosc2.NDArray) -> bool:
+    """True for the store's layout: chunks and blocks of whole planes, so slice ``k`` is items
+    ``[k * plane, (k + 1) * plane)`` of the flat super-chunk (chunk padding only ever follows the last slice)."""
+    return array.ndim == 3 and array.chunks[1:] == array.shape[1:] and array.blocks == (1, *array.shape[1:])
 
-    Each run of consecutive slices is one Blosc2 slice call, which decompresses only the blocks (slices) it
+
+def _read_run(array: blosc2.NDArray, start: int, stop: int, out: np.ndarray, *, flat: bool) -> None:
+    """Slices [start, stop) into ``out``, decompressing only their blocks; ``flat``: the store's layout, read as
+    items of the super-chunk (half the cost of NDArray slicing)."""
+    if flat:
+        plane = out[0].size if out.size else 0
+        array.schunk.get_slice(start * plane, stop * plane, out=out)
+    else:
+        out[...] = array[start:stop]
+
+
+def read_volume_file(path: str | os.PathLike, z: slice | Sequence[int] | None = None) -> np.ndarray:
+    """(Z', Y, X) int16 from a ``.b2nd`` volume; ``z`` picks slices (a slice, or indices in any order, repeats
+    allowed). Each run of consecutive slices is one Blosc2 call, which decompresses only the blocks (slices) it
     covers."""
     array = blosc2.open(os.fspath(path), mode="r", dparams=blosc2.DParams(nthreads=1))
-    depth = array.shape[0]
-    if z is None or (isinstance(z, slice) and z.step in (None, 1)):
-        start, stop, _ = (z or slice(None)).indices(depth)
-        return array[start : max(start, stop)]
-    wanted = _z_indices(z, depth)
+    wanted = np.arange(array.shape[0]) if z is None else _z_indices(z, array.shape[0])
     unique = np.unique(wanted)
     out = np.empty((unique.size, *array.shape[1:]), dtype=array.dtype)
-    position = 0
+    flat, position = _planes_are_blocks(array), 0
     for start, stop in _runs(unique):
-        out[position : position + stop - start] = array[start:stop]
+        _read_run(array, start, stop, out[position : position + stop - start], flat=flat)
         position += stop - start
-    return out[np.searchsorted(unique, wanted)]
+    return out if np.array_equal(unique, wanted) else out[np.searchsorted(unique, wanted)]
 
 
 # ------------------------------------------------------------------------------------------------------ the store
@@ -294,7 +306,8 @@ class VolumeStore:
     def _load_metas(self) -> dict[str, dict[str, Any]]:
         """{stem: meta} for the complete volume files, from index.json where it knows them, else from the file."""
         index = _read_json(self.path / "index.json")
-        known = {volume_stem(m["name"]): m for m in index.values()} if isinstance(index, dict) else {}
+        entries = index.values() if isinstance(index, dict) else []
+        known = {volume_stem(m["name"]): m for m in entries if isinstance(m, dict) and isinstance(m.get("name"), str)}
         metas = {}
         for path in sorted((self.path / VOLUME_DIR).glob(f"[!.]*{VOLUME_SUFFIX}")):
             stem = path.name[: -len(VOLUME_SUFFIX)]
