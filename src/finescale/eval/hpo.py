@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
-import importlib.util
 import inspect
 import json
 import logging
@@ -43,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from finescale.errors import FinescaleError
 from finescale.eval.bench import ensure_data, run_variant
-from finescale.eval.hpo_report import analyze, write_analysis
+from finescale.eval.hpo_report import analyze, storage_url, write_analysis
 from finescale.pipelines import Pipeline, SearchSpace, get_pipeline
 from finescale.serialize import to_jsonable, write_json
 
@@ -73,16 +72,6 @@ def heartbeat_settings() -> tuple[int, int]:
     if interval <= 0 or grace <= interval:
         raise FinescaleError(f"need 0 < FINESCALE_HPO_HEARTBEAT_S < FINESCALE_HPO_GRACE_S, got {interval}, {grace}")
     return interval, grace
-
-
-def storage_url(url: str) -> str:
-    """``url`` with the psycopg2 driver named when it is a bare ``postgresql://`` URL and only psycopg2 is installed:
-    SQLAlchemy >= 2.1 maps a bare ``postgresql://`` to psycopg 3, while the ``postgres`` extra installs psycopg2."""
-    scheme, sep, rest = url.partition("://")
-    if sep and scheme in ("postgresql", "postgres"):
-        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
-            return f"postgresql+psycopg2://{rest}"
-    return url
 
 
 def storage_for(url: str) -> RDBStorage:

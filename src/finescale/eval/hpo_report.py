@@ -30,8 +30,19 @@ class StudySummary(dict):
         self.study = study
 
 
+def storage_url(url: str) -> str:
+    """``url`` with the psycopg2 driver named when it is a bare ``postgresql://`` URL and only psycopg2 is installed:
+    SQLAlchemy >= 2.1 maps a bare ``postgresql://`` to psycopg 3, while the ``postgres`` extra installs psycopg2."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return f"postgresql+psycopg2://{rest}"
+    return url
+
+
 def load(storage: str, study_name: str | None = None) -> optuna.Study:
     """The study ``study_name`` of ``storage`` (the only one when no name is given)."""
+    storage = storage_url(storage)
     try:
         names = optuna.get_all_study_names(storage=storage)
     except Exception as err:  # a bad URL or an unreachable server: say which, not a SQLAlchemy traceback
