@@ -98,7 +98,7 @@ class Phantom:
     landmarks: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (3,) or (N, 3) mm points
 
 
-def _lung_coords(grid: Grid, a: Anatomy, zn: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def lung_coords(grid: Grid, a: Anatomy, zn: np.ndarray, side: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(u, v, taper) of one lung (side -1 right, +1 left): u, v in lung half-axes, taper (Z, 1, 1)."""
     cax, cay = a.cavity
     taper = np.sqrt(np.clip((zn + 0.92) / 0.55, 0.0, 1.0)) * (1 + 0.08 * np.clip(zn, 0, 1))
@@ -109,11 +109,11 @@ def _lung_coords(grid: Grid, a: Anatomy, zn: np.ndarray, side: int) -> tuple[np.
     return u, v, taper
 
 
-def _superellipse(u: np.ndarray, v: np.ndarray, p: float) -> np.ndarray:
+def superellipse(u: np.ndarray, v: np.ndarray, p: float) -> np.ndarray:
     return (np.abs(u) ** p + np.abs(v) ** p) ** (1.0 / p)
 
 
-def _ellipsoid_frac(grid: Grid, centre, axes, angle: float, grow_mm: float = 0.0) -> np.ndarray:
+def ellipsoid_frac(grid: Grid, centre, axes, angle: float, grow_mm: float = 0.0) -> np.ndarray:
     """Partial-volume fraction of the heart-like ellipsoid, rotated by ``angle`` in the axial plane."""
     cz, cy, cx = centre
     dz, dy, dx = grid.z - cz, grid.y - cy, grid.x - cx
@@ -126,13 +126,16 @@ def _ellipsoid_frac(grid: Grid, centre, axes, angle: float, grow_mm: float = 0.0
 
 def _body_frac(grid: Grid, a: Anatomy, zn: np.ndarray, inset: float) -> np.ndarray:
     """Fraction inside the body outline shrunk by ``inset`` mm; the upper chest narrows towards the neck."""
-    scale = 1 - 0.12 * np.clip(-(zn + 0.6) / 0.5, 0, 1)
-    ax, ay = a.body_ax * scale - inset, a.body_ay * scale - inset
-    r = _superellipse(grid.x / ax, (grid.y - a.body_cy) / ay, 2.2)
-    return soft_edge((1 - r) * np.minimum(ax, ay), grid.voxel_mm)
+    scale = (1 - 0.12 * np.clip(-(zn + 0.6) / 0.5, 0, 1)).ravel()
+    out = np.empty(grid.shape, np.float32)
+    for value in np.unique(scale):  # one axial outline per distinct scale: most slices share scale 1
+        ax, ay = a.body_ax * value - inset, a.body_ay * value - inset
+        r = superellipse(grid.x[0] / ax, (grid.y[0] - a.body_cy) / ay, 2.2)
+        out[scale == value] = soft_edge((1 - r) * min(ax, ay), grid.voxel_mm)
+    return out
 
 
-def _paint_wall_and_table(hu: np.ndarray, grid: Grid, a: Anatomy, zn: np.ndarray) -> None:
+def paint_wall_and_table(hu: np.ndarray, grid: Grid, a: Anatomy, zn: np.ndarray) -> None:
     y_back = a.body_cy + a.body_ay
     table = soft_edge(4.0 - np.abs(grid.y - (y_back + 8.0)), grid.voxel_mm) * np.ones_like(grid.x)
     paint(hu, np.broadcast_to(table, hu.shape), 120.0)  # carbon-fibre table under the patient
@@ -141,10 +144,10 @@ def _paint_wall_and_table(hu: np.ndarray, grid: Grid, a: Anatomy, zn: np.ndarray
     paint(hu, _body_frac(grid, a, zn, a.fat + a.muscle), HU_FAT + 10)  # cavity: mediastinal and pleural fat
 
 
-def _paint_ribs_sternum(hu: np.ndarray, grid: Grid, a: Anatomy, zn: np.ndarray) -> None:
+def paint_ribs_sternum(hu: np.ndarray, grid: Grid, a: Anatomy, zn: np.ndarray) -> None:
     """Ribs as bands in the chest wall that run down and forward from the spine; sternum at the front."""
     cax, cay = a.cavity
-    r = _superellipse(grid.x / (cax + 2), (grid.y - a.body_cy) / (cay + 2), 2.2)
+    r = superellipse(grid.x / (cax + 2), (grid.y - a.body_cy) / (cay + 2), 2.2)
     shell = soft_edge(3.5 - np.abs(r - 1.0) * cax, grid.voxel_mm)  # about 7 mm thick radially
     phi = np.arccos(np.clip((grid.y - a.body_cy) / (np.hypot(grid.x, grid.y - a.body_cy) + 1e-3), -1, 1))
     k = (grid.z - a.z_centre + 0.95 * a.z_half) / a.rib_period - a.rib_phase - 1.4 * phi / np.pi
@@ -155,29 +158,29 @@ def _paint_ribs_sternum(hu: np.ndarray, grid: Grid, a: Anatomy, zn: np.ndarray) 
     paint(hu, sternum * ((zn > -0.75) & (zn < 0.5)), 320.0)
 
 
-def _spine_frac(grid: Grid, a: Anatomy, grow_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+def spine_frac(grid: Grid, a: Anatomy, grow_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(fraction, superellipse radius) of the vertebral bodies, (1, Y, X)."""
-    r = _superellipse(grid.x / (18.0 + grow_mm), (grid.y - a.spine_y) / (15.0 + grow_mm), 2.0)
+    r = superellipse(grid.x / (18.0 + grow_mm), (grid.y - a.spine_y) / (15.0 + grow_mm), 2.0)
     return soft_edge((1 - r) * (15.0 + grow_mm), grid.voxel_mm), r
 
 
-def _paint_spine(hu: np.ndarray, grid: Grid, a: Anatomy) -> None:
+def paint_spine(hu: np.ndarray, grid: Grid, a: Anatomy) -> None:
     """Paraspinal muscles, vertebral bodies with cortex and discs, canal, posterior arch and spinous process."""
     h = grid.voxel_mm
-    paraspinal = _superellipse(grid.x / 48.0, (grid.y - a.spine_y - 38) / 22.0, 2.0)
+    paraspinal = superellipse(grid.x / 48.0, (grid.y - a.spine_y - 38) / 22.0, 2.0)
     paint(hu, soft_edge((1 - paraspinal) * 22.0, h), 50.0)
     disc = np.abs(((grid.z - a.z_centre) / 27.0 + a.rib_phase) % 1.0 - 0.5) > 0.41  # (Z, 1, 1): 5 of 27 mm
-    vert, r = _spine_frac(grid, a)
+    vert, r = spine_frac(grid, a)
     paint(hu, vert, np.where(disc, 85.0, 230.0))
     paint(hu, soft_edge(2.0 - np.abs(1 - r) * 15.0, h), np.where(disc, 85.0, 650.0))
     canal = np.hypot(grid.x, grid.y - a.spine_y - 26)
     arch = soft_edge(4.0 - np.abs(canal - 11.0), h) * (grid.y > a.spine_y + 14)
-    spinous = soft_edge((1 - _superellipse(grid.x / 5.0, (grid.y - a.spine_y - 46) / 12.0, 2.0)) * 5.0, h)
+    spinous = soft_edge((1 - superellipse(grid.x / 5.0, (grid.y - a.spine_y - 46) / 12.0, 2.0)) * 5.0, h)
     paint(hu, np.maximum(arch, spinous), 500.0)
     paint(hu, soft_edge(8.0 - canal, h), 25.0)
 
 
-def _paint_abdomen(hu: np.ndarray, grid: Grid, a: Anatomy, zn: np.ndarray, below: np.ndarray) -> None:
+def paint_abdomen(hu: np.ndarray, grid: Grid, a: Anatomy, zn: np.ndarray, below: np.ndarray) -> None:
     """Liver on the right, spleen and stomach (with its gas bubble) on the left, below the diaphragm."""
     cav = _body_frac(grid, a, zn, a.fat + a.muscle)
     paint(hu, cav * below, np.where(grid.x < 15, HU_LIVER, 42.0))
@@ -190,7 +193,7 @@ def _paint_abdomen(hu: np.ndarray, grid: Grid, a: Anatomy, zn: np.ndarray, below
         paint(hu, bubble[1] * below[bubble[0]], HU_AIR, bubble[0])
 
 
-def _paint_parenchyma(hu: np.ndarray, lung_frac: np.ndarray, v: np.ndarray, a: Anatomy, rng) -> None:
+def paint_parenchyma(hu: np.ndarray, lung_frac: np.ndarray, v: np.ndarray, a: Anatomy, rng) -> None:
     """Lung attenuation with its physiological front-to-back gradient (dependent lung is denser) and fine texture."""
     texture = geo.smooth_field(rng, hu.shape, (1.5, 2.0, 2.0))
     paint(hu, lung_frac, a.parenchyma_hu + 45.0 * np.clip((v + 1) / 2, 0, 1) + 12.0 * texture)

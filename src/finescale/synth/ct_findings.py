@@ -2,8 +2,9 @@
 
 Four change the anatomy before it is rendered (:func:`modify_anatomy`: an enlarged heart, pericardial fluid, a hiatal
 hernia, bronchial walls and calibres); the others are painted onto the rendered :class:`~ct_anatomy.Phantom` in HU
-(:func:`paint_findings`). Each finding draws from its own RNG, so switching one on or off leaves every other
-structure of the phantom unchanged.
+(the painters listed in ``ct_phantom.PAINTERS``). Each finding draws from its own RNG, so switching one on or off
+leaves the other findings where they were (an anatomy-level finding reshapes the lungs and, with them, the vessel
+tree).
 
 :data:`SIGNATURE_STRENGTH` scales every signature's size, contrast or extent at once (1.0 = the defaults below): the
 knob that sets how hard the synthetic task is.
@@ -28,10 +29,6 @@ SIGNATURE_STRENGTH = 1.0
 HU_METAL = 3000.0
 HU_FLUID = 12.0
 HU_CALCIUM = 1300.0
-
-
-def finding_index(name: str) -> int:
-    return LABELS.index(name)
 
 
 def modify_anatomy(
@@ -63,7 +60,7 @@ def modify_anatomy(
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def _lung_points(ph: Phantom, rng: np.random.Generator, n: int, weight: np.ndarray | None = None) -> np.ndarray:
+def lung_points(ph: Phantom, rng: np.random.Generator, n: int, weight: np.ndarray | None = None) -> np.ndarray:
     """``n`` random lung points, ``(n, 3)`` mm, drawn in proportion to ``weight`` (broadcast to the volume)."""
     flat = np.flatnonzero(ph.lung)
     p = None
@@ -76,7 +73,7 @@ def _lung_points(ph: Phantom, rng: np.random.Generator, n: int, weight: np.ndarr
     return mm + rng.uniform(-0.5, 0.5, mm.shape) * np.asarray(g.spacing)
 
 
-def _blob(ph: Phantom, rng: np.random.Generator, centre: np.ndarray, radius: float, rough: float = 0.3):
+def irregular_ball(ph: Phantom, rng: np.random.Generator, centre: np.ndarray, radius: float, rough: float = 0.3):
     """An irregular ball: ``(box, fraction)``; ``rough`` is the relative amplitude of its boundary's wobble."""
     g = ph.grid
     box = g.box(centre - radius * (1 + rough) - 2 * max(g.spacing), centre + radius * (1 + rough) + 2 * max(g.spacing))
@@ -89,7 +86,7 @@ def _blob(ph: Phantom, rng: np.random.Generator, centre: np.ndarray, radius: flo
     return box, soft_edge(radius * (1 + rough * wobble) - d, g.voxel_mm)
 
 
-def _in_lung(ph: Phantom, box) -> np.ndarray:
+def in_lung(ph: Phantom, box) -> np.ndarray:
     return ph.lung[box].astype(np.float32)
 
 
@@ -183,13 +180,13 @@ def lymphadenopathy(ph: Phantom, rng: np.random.Generator, s: float) -> None:
 def nodule(ph: Phantom, rng: np.random.Generator, s: float) -> None:
     """One to three pulmonary nodules, 5-14 mm: solid, or part-solid (ground-glass halo around a solid core)."""
     away_from_core = np.clip(ph.rho - 0.25, 0, 1)
-    for centre in _lung_points(ph, rng, int(rng.choice([1, 1, 2, 3])), away_from_core):
+    for centre in lung_points(ph, rng, int(rng.choice([1, 1, 2, 3])), away_from_core):
         r = rng.uniform(2.5, 6.5) * (0.7 + 0.3 * s)
         if rng.random() < 0.25:
-            blob = _blob(ph, rng, centre, 1.6 * r, 0.15)
+            blob = irregular_ball(ph, rng, centre, 1.6 * r, 0.15)
             if blob is not None:
-                ph.hu[blob[0]] += blob[1] * _in_lung(ph, blob[0]) * 260.0 * s
+                ph.hu[blob[0]] += blob[1] * in_lung(ph, blob[0]) * 260.0 * s
             r *= 0.5
-        blob = _blob(ph, rng, centre, r, 0.12)
+        blob = irregular_ball(ph, rng, centre, r, 0.12)
         if blob is not None:
             paint(ph.hu, blob[1], 30.0, blob[0])

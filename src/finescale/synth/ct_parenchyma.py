@@ -9,7 +9,7 @@ import numpy as np
 
 from finescale.synth import ct_geometry as geo
 from finescale.synth.ct_anatomy import HU_AIR, Phantom
-from finescale.synth.ct_findings import HU_FLUID, _blob, _in_lung, _lung_points
+from finescale.synth.ct_findings import HU_FLUID, in_lung, irregular_ball, lung_points
 from finescale.synth.ct_geometry import paint, soft_edge
 
 
@@ -52,22 +52,22 @@ def emphysema(ph: Phantom, rng: np.random.Generator, s: float) -> None:
 def lung_opacity(ph: Phantom, rng: np.random.Generator, s: float) -> None:
     """Ground-glass opacity: patches where attenuation rises by 150-260 HU while vessels stay visible (added, not
     replaced)."""
-    for centre in _lung_points(ph, rng, int(rng.integers(1, 4))):
-        blob = _blob(ph, rng, centre, rng.uniform(12, 28) * np.sqrt(s), 0.45)
+    for centre in lung_points(ph, rng, int(rng.integers(1, 4))):
+        blob = irregular_ball(ph, rng, centre, rng.uniform(12, 28) * np.sqrt(s), 0.45)
         if blob is not None:
-            ph.hu[blob[0]] += blob[1] * _in_lung(ph, blob[0]) * rng.uniform(150, 260) * s
+            ph.hu[blob[0]] += blob[1] * in_lung(ph, blob[0]) * rng.uniform(150, 260) * s
 
 
 def consolidation(ph: Phantom, rng: np.random.Generator, s: float) -> None:
     """Airspace consolidation: a segment-sized region at soft-tissue attenuation (about 35 HU), mostly dependent and
     lower, through which the bronchi still show as dark branching tubes (air bronchograms)."""
     weight = np.clip(ph.v + 1.2, 0, None) * np.clip(ph.zn + 0.8, 0.1, None) * (ph.rho < 0.8)
-    for centre in _lung_points(ph, rng, int(rng.choice([1, 1, 2])), weight):
-        blob = _blob(ph, rng, centre, rng.uniform(18, 32) * np.sqrt(s), 0.25)
+    for centre in lung_points(ph, rng, int(rng.choice([1, 1, 2])), weight):
+        blob = irregular_ball(ph, rng, centre, rng.uniform(18, 32) * np.sqrt(s), 0.25)
         if blob is None:
             continue
         box, frac = blob
-        frac = frac * _in_lung(ph, box)
+        frac = frac * in_lung(ph, box)
         paint(ph.hu, frac, 35.0, box)
         paint(ph.hu, frac * np.clip(ph.lumen[box] * 1.3, 0, 1), HU_AIR, box)
 
@@ -83,7 +83,7 @@ def atelectasis(ph: Phantom, rng: np.random.Generator, s: float) -> None:
         edge = 1 - 0.08 * _lung_field(ph, rng, 25.0)
         band = soft_edge((ph.v - (edge - depth)) * 60.0, g.voxel_mm) * ph.lung * in_side
     else:
-        centre = _lung_points(ph, rng, 1, np.clip(ph.zn, 0, None) * in_side)[0]
+        centre = lung_points(ph, rng, 1, np.clip(ph.zn, 0, None) * in_side)[0]
         normal = np.array([1.0, rng.uniform(-0.6, 0.6), rng.uniform(-0.3, 0.3)])
         normal /= np.linalg.norm(normal)
         plane = (g.z - centre[0]) * normal[0] + (g.y - centre[1]) * normal[1] + (g.x - centre[2]) * normal[2]
@@ -126,14 +126,14 @@ def fibrotic_sequela(ph: Phantom, rng: np.random.Generator, s: float) -> None:
     g = ph.grid
     upper = rng.random() < 0.6
     weight = np.clip(ph.rho - 0.75, 0, None) * (np.clip(-ph.zn, 0, None) if upper else np.clip(ph.zn, 0, None))
-    anchors = _lung_points(ph, rng, int(rng.integers(2, 5)), weight + 1e-6 * ph.lung)
+    anchors = lung_points(ph, rng, int(rng.integers(2, 5)), weight + 1e-6 * ph.lung)
     for p0 in anchors:
         direction = rng.normal(0, 1, 3)
         direction /= np.linalg.norm(direction)
         tube = geo.capsule(g, p0, p0 + direction * rng.uniform(18, 40), rng.uniform(1.0, 1.8) * s)
         if tube is not None:
-            paint(ph.hu, tube[1] * _in_lung(ph, tube[0]) * 0.8, -50.0, tube[0])
-    blob = _blob(ph, rng, anchors[0], rng.uniform(15, 25), 0.4)
+            paint(ph.hu, tube[1] * in_lung(ph, tube[0]) * 0.8, -50.0, tube[0])
+    blob = irregular_ball(ph, rng, anchors[0], rng.uniform(15, 25), 0.4)
     if blob is not None:
         box, frac = blob
-        ph.hu[box] += _lattice_lines(ph, rng, 7.0, 1.0, box) * frac * _in_lung(ph, box) * 300.0 * s
+        ph.hu[box] += _lattice_lines(ph, rng, 7.0, 1.0, box) * frac * in_lung(ph, box) * 300.0 * s

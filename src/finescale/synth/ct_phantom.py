@@ -3,7 +3,7 @@
 Randomness is split into streams so that each level can be held fixed while another changes:
 ``patient_seed`` draws the anatomy and its vessel tree, ``scan_seed`` the position, breathing and each finding's own
 geometry (one stream per label), ``volume_seed`` the reconstruction noise. Two reconstructions of one scan share the
-object and differ in kernel, slice thickness and noise; toggling one finding leaves all the rest in place.
+object and differ in kernel, slice thickness and noise; toggling one finding leaves the other findings in place.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 from finescale.data.ct_io import LABELS
 from finescale.synth import ct_findings as fnd
 from finescale.synth import ct_parenchyma as par
-from finescale.synth.ct_anatomy import Phantom, _superellipse, sample_anatomy
+from finescale.synth.ct_anatomy import Phantom, sample_anatomy, superellipse
 from finescale.synth.ct_geometry import Grid
 from finescale.synth.ct_scanner import SCANNERS, simulate
 from finescale.synth.ct_thorax import render_anatomy
@@ -95,7 +95,7 @@ def build_object(
 def body_radius(phantom: Phantom) -> np.ndarray:
     """(Z, Y, X)-broadcastable normalised radius of the body outline: 0 at its centre, 1 at the skin."""
     a, g = phantom.anatomy, phantom.grid
-    return _superellipse(g.x / a.body_ax, (g.y - a.body_cy) / a.body_ay, 2.2)
+    return superellipse(g.x / a.body_ax, (g.y - a.body_cy) / a.body_ay, 2.2)
 
 
 def render_volume(

@@ -70,7 +70,7 @@ def _hernia(a: Anatomy, lm: dict[str, np.ndarray]) -> tuple[np.ndarray, float]:
 
 def _mediastinum_carve(grid: Grid, a: Anatomy, lm: dict[str, np.ndarray], z_top: float) -> np.ndarray:
     """Fraction (Z, Y, X) of space the lungs cannot take: mediastinal organs plus a few mm of pleura and fat."""
-    med = ana._ellipsoid_frac(grid, a.heart_centre, a.heart_axes, a.heart_angle, grow_mm=a.pericardial_fluid_mm + 7)
+    med = ana.ellipsoid_frac(grid, a.heart_centre, a.heart_axes, a.heart_angle, grow_mm=a.pericardial_fluid_mm + 7)
     for p0, p1, r, _ in _tubes(a, lm, z_top):
         tube = geo.capsule(grid, p0, p1, r + 3.0)
         if tube is not None:
@@ -85,15 +85,15 @@ def _mediastinum_carve(grid: Grid, a: Anatomy, lm: dict[str, np.ndarray], z_top:
             np.maximum(med[sac[0]], sac[1], out=med[sac[0]])
     band = soft_edge(11.0 - np.abs(grid.x), grid.voxel_mm) * (grid.y < a.spine_y - 12)
     med = np.maximum(med, band)
-    return np.maximum(med, ana._spine_frac(grid, a, grow_mm=5.0)[0])
+    return np.maximum(med, ana.spine_frac(grid, a, grow_mm=5.0)[0])
 
 
 def _lungs(grid: Grid, a: Anatomy, zn: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fraction, rho, v) of both lungs before the mediastinum is carved out, each (Z, Y, X) float32."""
     fracs, rhos = [], []
     for side, dome in ((-1, a.dome[0]), (1, a.dome[1])):
-        u, v, taper = ana._lung_coords(grid, a, zn, side)
-        rho = ana._superellipse(u, v, ana.LUNG_EXPONENT)
+        u, v, taper = ana.lung_coords(grid, a, zn, side)
+        rho = ana.superellipse(u, v, ana.LUNG_EXPONENT)
         diaphragm = dome + (ana.RECESS_ZN - dome) * np.minimum(rho, 1.0) ** 2 + 0.12 * v
         frac = soft_edge((1 - rho) * 55.0 * taper, grid.voxel_mm) * soft_edge(
             (diaphragm - zn) * a.z_half, grid.spacing[0]
@@ -173,10 +173,10 @@ def _paint_airways(hu: np.ndarray, grid: Grid, a: Anatomy, tree: geo.Tree, lung_
 def _paint_mediastinum(hu: np.ndarray, grid: Grid, a: Anatomy, lm: dict[str, np.ndarray], z_top: float) -> None:
     """Heart in its pericardial fat (and fluid), great vessels, trachea and main bronchi, normal small nodes."""
     heart = (a.heart_centre, a.heart_axes, a.heart_angle)
-    paint(hu, ana._ellipsoid_frac(grid, *heart, grow_mm=a.pericardial_fluid_mm + 4.0), HU_FAT)
+    paint(hu, ana.ellipsoid_frac(grid, *heart, grow_mm=a.pericardial_fluid_mm + 4.0), HU_FAT)
     if a.pericardial_fluid_mm > 0:
-        paint(hu, ana._ellipsoid_frac(grid, *heart, grow_mm=a.pericardial_fluid_mm), 12.0)
-    paint(hu, ana._ellipsoid_frac(grid, *heart), HU_BLOOD)
+        paint(hu, ana.ellipsoid_frac(grid, *heart, grow_mm=a.pericardial_fluid_mm), 12.0)
+    paint(hu, ana.ellipsoid_frac(grid, *heart), HU_BLOOD)
     for p0, p1, r, value in _tubes(a, lm, z_top):
         paint_tube(hu, grid, p0, p1, r, value)
     carina, hila = lm["carina"], lm["hila"]
@@ -221,14 +221,14 @@ def render_anatomy(grid: Grid, a: Anatomy, rng: np.random.Generator) -> Phantom:
     z_top = float(grid.z.min()) - 40.0
     lm = landmarks(a)
     hu = np.full(grid.shape, HU_AIR, np.float32)
-    ana._paint_wall_and_table(hu, grid, a, zn)
+    ana.paint_wall_and_table(hu, grid, a, zn)
     lung_frac, rho, v = _lungs(grid, a, zn)
     below = (rho > 0) & (lung_frac < 0.5) & (zn > min(a.dome) - 0.05)
-    ana._paint_abdomen(hu, grid, a, zn, below)
-    ana._paint_ribs_sternum(hu, grid, a, zn)
-    ana._paint_spine(hu, grid, a)
+    ana.paint_abdomen(hu, grid, a, zn, below)
+    ana.paint_ribs_sternum(hu, grid, a, zn)
+    ana.paint_spine(hu, grid, a)
     lung_frac *= 1 - _mediastinum_carve(grid, a, lm, z_top)
-    ana._paint_parenchyma(hu, lung_frac, v, a, rng)
+    ana.paint_parenchyma(hu, lung_frac, v, a, rng)
     lung = lung_frac > 0.5
     tree = grow_trees(grid, a, lm, lung)
     _paint_vessels(hu, grid, tree, lung_frac)
