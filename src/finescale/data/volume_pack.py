@@ -17,9 +17,9 @@ Guarantees:
 
 ``STORE/pack_stats.json`` (also returned): volume counts, bytes (``raw_bytes`` = int16 grid, ``stored_bytes`` = files,
 ``source_bytes`` = the input files), ``ratio`` = raw / stored (compression alone), ``source_to_stored_ratio``, encode
-and decode MB/s (10^6 grid bytes per second, one thread, decode = open + full read-back) overall and per codec, and
-with a budget the seed's **data utilisation**: volumes stored / volumes whose source files (.nii.gz) would have fit
-in the same budget, both counted in source order.
+and decode MB/s (10^6 grid bytes per CPU second of one thread; decode = open + full read-back) overall and per
+codec, and with a budget the seed's **data utilisation**: volumes stored / volumes whose source files (.nii.gz) would
+have fit in the same budget, both counted in source order.
 """
 
 from __future__ import annotations
@@ -153,10 +153,18 @@ def _items_from_records(records: Sequence[Any], root: Path, tables: _MetadataTab
 
 def _items_from_fs(source: str, tables: _MetadataTables) -> list[PackItem]:
     """Every ``.nii.gz`` / ``.nii`` / ``.mha`` under ``source`` (recursively), sorted by path."""
-    fs, root = fsspec.core.url_to_fs(source)
-    if not fs.exists(root):
-        raise FinescaleError(f"pack source {source} does not exist")
-    listing = {root: fs.info(root)} if fs.isfile(root) else fs.find(root, detail=True)
+    try:
+        fs, root = fsspec.core.url_to_fs(source)
+    except (ImportError, ValueError) as e:  # an unknown protocol, or its package (e.g. huggingface_hub) missing
+        raise FinescaleError(f"cannot open pack source {source}: {e}") from None
+    try:
+        if not fs.exists(root):
+            raise FinescaleError(f"pack source {source} does not exist")
+        listing = {root: fs.info(root)} if fs.isfile(root) else fs.find(root, detail=True)
+    except FinescaleError:
+        raise
+    except Exception as e:  # network and permission errors arrive as many types, by backend
+        raise FinescaleError(f"cannot list pack source {source}: {type(e).__name__}: {e}") from None
     local = type(fs).__name__ == "LocalFileSystem"
     items = []
     for path, info in sorted(listing.items()):
@@ -256,8 +264,8 @@ def _fetch(job: PackJob) -> PackJob | PackOutcome:
         job.data = fs.cat_file(path)
     except FileNotFoundError as e:
         return PackOutcome(job.item, reason="missing_file", error=str(e))
-    except OSError as e:
-        return PackOutcome(job.item, reason="fetch_error", error=str(e))
+    except Exception as e:  # network errors arrive as many types, by backend: skip the volume, count it
+        return PackOutcome(job.item, reason="fetch_error", error=f"{type(e).__name__}: {e}")
     return job
 
 

@@ -10,13 +10,15 @@ Layout (every file readable without finescale: ``blosc2.open("STORE/volumes/x.b2
 Chunks are ``CHUNK_SLICES`` slices x the full plane and Blosc blocks (the unit Blosc decodes) are one slice, so
 ``read(name, z=[...])`` decodes only the requested slices: on a 64 x 384 x 384 volume one slice takes ~0.2 ms and
 the whole volume ~40 ms. Why Blosc2 and not Zarr (measured by ``benchmarks/ct_codecs.py``): with the same Blosc codec
-the ratio is identical, but zarr-python 3 encodes ~4x and decodes 2-3x slower, reads 12 slices 3-15x slower, and
-writes one file per chunk unless sharded; blosc2 is already a dependency and keeps one file per volume.
+Zarr's ratio is within 4 % (its Blosc blocks are larger than one slice), but zarr-python 3 encodes 2x and decodes ~3x
+slower, reads 12 slices ~10x slower and writes one file per chunk (13-33 per volume there) unless sharded; blosc2 is
+already a dependency and keeps one file per volume.
 
 Codecs are named ``<codec>[+<filter>...][:<level>]`` with codec ``lz4`` (the seed's), ``lz4hc``, ``zstd``,
 ``blosclz``, ``zlib`` or ``none`` and filters ``shuffle``, ``bitshuffle``, ``delta``, ``bytedelta`` applied in order,
-e.g. ``zstd+bitshuffle``. A volume whose compression ratio would be under ``FALLBACK_MIN_RATIO`` is stored with codec
-``none`` (raw chunks, still a ``.b2nd``): a few percent of space is not worth decoding every read.
+e.g. ``zstd+shuffle+bytedelta:1`` (the default). A volume whose compression ratio would be under
+``FALLBACK_MIN_RATIO`` is stored with codec ``none`` (raw chunks, still a ``.b2nd``): a few percent of space is not
+worth decoding every read.
 
 Per-volume meta: ``name``, ``shape`` (Z, Y, X), ``spacing`` (z, y, x) mm, ``source`` (path or URL), ``source_bytes``
 (its file size), ``source_shape``, ``source_spacing``, ``scaling`` (HU scaling used), ``codec`` (as stored),
@@ -64,7 +66,10 @@ TEMP_MARK = ".tmp"  # temporary files: "." + stem + TEMP_MARK + token + VOLUME_S
 
 CHUNK_SLICES = 4  # slices per chunk; blocks are one slice, so one slice is the smallest decode
 FALLBACK_MIN_RATIO = 1.05
-DEFAULT_CODEC = "zstd+bitshuffle"  # best ratio among the codecs decoding >= 250 MB/s; see benchmarks/ct_codecs.py
+# The codec bench's pick (benchmarks/ct_codecs.py, synth phantoms): ratio 2.26 vs LZ4 frame 1.19 and .nii.gz 1.68,
+# encode 333 / decode 446 MB/s; zstd level 3 and 5 gain < 1 % ratio at 5-12x slower encoding. Byte-delta after
+# shuffle codes each byte as the difference to its in-plane neighbour's: smooth anatomy leaves small numbers.
+DEFAULT_CODEC = "zstd+shuffle+bytedelta:1"
 
 CODEC_CODECS = {
     "none": blosc2.Codec.LZ4,  # with clevel 0 Blosc copies the bytes; the codec is never called
@@ -136,11 +141,11 @@ def store_layout(shape: Sequence[int]) -> tuple[tuple[int, int, int], tuple[int,
 
 
 def _compress(grid: np.ndarray, codec: StoreCodec) -> tuple[blosc2.NDArray, float]:
-    """(in-memory NDArray, seconds): the codec's cost alone, without the file system's."""
+    """(in-memory NDArray, CPU seconds): the codec's cost alone, without the file system's or other processes'."""
     chunks, blocks = store_layout(grid.shape)
-    start = time.perf_counter()
+    start = time.process_time()
     array = blosc2.asarray(grid, chunks=chunks, blocks=blocks, cparams=codec.cparams(grid.itemsize))
-    return array, time.perf_counter() - start
+    return array, time.process_time() - start
 
 
 def _save_durably(array: blosc2.NDArray, path: Path, meta: Mapping[str, Any]) -> None:
@@ -154,10 +159,10 @@ def _save_durably(array: blosc2.NDArray, path: Path, meta: Mapping[str, Any]) ->
 
 
 def _decode_check(path: Path, grid: np.ndarray) -> float:
-    """Read ``path`` back whole and compare bit for bit; returns the decode seconds (open + decompress)."""
-    start = time.perf_counter()
+    """Read ``path`` back whole and compare bit for bit; returns the decode CPU seconds (open + decompress)."""
+    start = time.process_time()
     decoded = blosc2.open(str(path), mode="r", dparams=blosc2.DParams(nthreads=1))[:]
-    seconds = time.perf_counter() - start
+    seconds = time.process_time() - start
     if decoded.dtype != grid.dtype or not np.array_equal(decoded, grid):
         raise RuntimeError(f"{path}: the stored volume does not decode to the array written (a Blosc2 bug?)")
     return seconds
@@ -168,7 +173,8 @@ def encode_volume(path: str | os.PathLike, grid: np.ndarray, *, codec: str, meta
 
     Falls back to codec ``none`` when ``codec`` compresses by less than :data:`FALLBACK_MIN_RATIO`. Returns ``meta``
     plus ``shape``, ``dtype``, ``codec`` (as stored), ``raw_bytes``, ``stored_bytes``, ``encode_seconds``
-    (compression only) and ``decode_seconds`` (open + full read-back of the file).
+    (compression only) and ``decode_seconds`` (open + full read-back of the file), both CPU seconds of one thread:
+    what the codec costs, not how busy the machine was.
     """
     if grid.ndim != 3 or grid.dtype != np.int16:
         raise ValueError(f"expected a (Z, Y, X) int16 volume, got {grid.dtype} {grid.shape}")
