@@ -28,6 +28,7 @@ FULL_PRESETS: dict[str, dict[str, Any]] = {
     "length": {"backbone": "vit_base_patch16_224", "scales": [224, 384], "share_backbone": False},
     "dims": {"backbone": "vit_base_patch16_224", "image_size": 224, "embedding_dim": 256},
     "puzzle": {"backbone": "resnet18", "fpn_channels": 256},
+    "ct": {"backbone": "resnet50", "shape": [240, 480, 480], "spacing": [1.5, 0.75, 0.75], "image_size": 288},
 }
 ACCELERATORS = [
     "cpu",

@@ -70,7 +70,7 @@ def pack(
 ) -> None:
     """Preprocess volumes once (HU, resampling, crop/pad) into a lossless compressed store; resumable."""
     from finescale.config import build_config
-    from finescale.data.volume_store import pack as run
+    from finescale.data.volume_pack import pack as run
 
     cfg = build_config(CTConfig, preset=preset)
     options = {"codec": codec} if codec else {}

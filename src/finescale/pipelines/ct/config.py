@@ -39,7 +39,7 @@ class CTDataConfig(Section):
     )
     metadata_csv: Path | None = Field(None, description="CT-RATE metadata CSV (default: from the manifest records)")
     spacing: list[float] = Field([5.0, 2.5, 2.5], description="grid spacing z,y,x in mm (CT-CLIP: 1.5,0.75,0.75)")
-    shape: list[int] = Field([48, 112, 112], description="grid shape z,y,x (CT-CLIP: 240,480,480)")
+    shape: list[int] = Field([64, 128, 128], description="grid shape z,y,x (CT-CLIP: 240,480,480)")
     slices_per_volume: int = Field(12, ge=1, description="slices taken from each volume (the seed's 12)")
     image_size: int = Field(96, ge=32, description="slice side fed to the backbone (224 in full)")
     progressive_sizes: list[int] = Field(

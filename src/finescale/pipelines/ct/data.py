@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 from finescale.data.ct_io import LABELS, read_labels_csv, read_metadata_csv, volume_relpath
 from finescale.data.datamodule import ManifestDataModule
 from finescale.data.manifest import FieldSpec, Manifest, load_manifest
-from finescale.data.volume_store import VolumeStore, pack
+from finescale.data.volume_pack import pack
+from finescale.data.volume_store import VolumeStore
 from finescale.errors import FinescaleError
 from finescale.pipelines.ct.config import CTConfig
 from finescale.pipelines.ct.views import SliceViews
@@ -55,8 +56,9 @@ def load_records(path: str | Path) -> Manifest:
 
 
 def records_from_csv(labels_csv: Path) -> Path:
-    """Write the JSON manifest of a CT-RATE labels CSV next to it (``<stem>.records.json``) and return its path."""
+    """The JSON manifest of a CT-RATE labels CSV, written to a temporary file (the data folder may be read-only)."""
     import json
+    import tempfile
 
     root = labels_csv.parent
     meta_path = root / "metadata.csv"
@@ -68,9 +70,10 @@ def records_from_csv(labels_csv: Path) -> Path:
         if name in metadata:
             record["metadata"] = metadata[name]
         records.append(record)
-    out = root / f"{labels_csv.stem}.records.json"
-    out.write_text(json.dumps(records))
-    return out
+    handle = tempfile.NamedTemporaryFile("w", suffix=f"_{labels_csv.stem}.json", delete=False)  # paths are absolute
+    with handle:
+        json.dump(records, handle)
+    return Path(handle.name)
 
 
 def store_path(cfg: CTConfig, manifest: Path) -> Path:
@@ -93,6 +96,7 @@ def ensure_store(cfg: CTConfig, manifests: Sequence[Path], *, workers: int = 2) 
             shape=tuple(cfg.data.shape),
             workers=workers,
             metadata_csv=cfg.data.metadata_csv,
+            progress=True,
         )
     return VolumeStore(path)
 

@@ -4,6 +4,7 @@ the run's grid in DataLoader workers; several checkpoints form an ensemble, ``tt
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from finescale.eval.prediction_files import write_predictions_csv
 from finescale.eval.uncertainty import mc_dropout
 from finescale.pipelines.ct.inference import MC_SAMPLES
 from finescale.pipelines.ct.views import SliceViews
+
+log = logging.getLogger("finescale")
 
 
 class CTPredictor(BatchedImagePredictor):
@@ -52,6 +55,8 @@ class CTPredictor(BatchedImagePredictor):
     def read(self, item: Input) -> np.ndarray:
         """A volume file -> HU on the run's grid (Z, Y, X) int16; the metadata row (by file name) when given."""
         volume = read_volume(item, metadata=self.metadata.get(Path(item).name))
+        if volume.scaling == "none" and float(volume.hu.min()) >= 0:
+            log.warning("%s: stored values start at 0 and no scaling was found: give --metadata CSV", item)
         return to_grid(volume, spacing=tuple(self.cfg.data.spacing), shape=tuple(self.cfg.data.shape))
 
     def prepare(self, volume: np.ndarray) -> dict[str, torch.Tensor]:

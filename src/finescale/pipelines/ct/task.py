@@ -1,5 +1,5 @@
-"""LightningModule of the ``ct`` pipeline: the shared task, batch mixing during training (mixup, cutmix, CT-aware),
-and VLM3D's scores on the validation split (``eval/multilabel.py``, binarised at the fixed 0.5)."""
+"""LightningModule of the ``ct`` pipeline: the shared task and VLM3D's scores on the validation split
+(``eval/multilabel.py``, binarised at the fixed 0.5). Batch mixing is a Callback (``mixing.BatchMixing``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from finescale.engine.task import TaskModule
 from finescale.eval.multilabel import vlm3d_scores
 from finescale.eval.scores import CollectedScores
 from finescale.pipelines.ct.config import CTConfig
-from finescale.pipelines.ct.mixing import mix_batch
 from finescale.pipelines.ct.model import build_model
 
 LOGGED = ("ct_macro_auroc", "ct_macro_f1", "ct_macro_precision", "ct_macro_recall", "ct_macro_accuracy")
@@ -32,18 +31,9 @@ class CTTask(TaskModule):
     def __init__(self, config: dict, *, load_weights: bool = True) -> None:
         super().__init__(config, load_weights=load_weights)
         self.val_scores = CollectedScores(("probs", "labels"), lambda a: ct_scores(a["probs"], a["labels"]))
-        self.mix_generator = torch.Generator().manual_seed(self.cfg.trainer.seed)
 
     def build_model(self, cfg: CTConfig, *, load_weights: bool = True) -> nn.Module:
         return build_model(cfg, load_weights=load_weights)
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """Mix the training batch (targets become soft); validation and prediction see the images as they are."""
-        if self.trainer is not None and self.trainer.training and self.cfg.data.mix != "none":
-            batch = mix_batch(
-                batch, kind=self.cfg.data.mix, alpha=self.cfg.data.mix_alpha, generator=self.mix_generator
-            )
-        return batch
 
     def update_val_metrics(self, batch: dict, prediction: dict[str, torch.Tensor]) -> None:
         self.val_scores.update(probs=prediction["probs"], labels=batch["labels"])

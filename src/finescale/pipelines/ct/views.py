@@ -80,12 +80,10 @@ class SliceViews:
         hu = self._hu(volume, rng)
         window = T.adaptive_window(hu) if self.data.window == "adaptive" else T.LUNG
         channels = T.three_channel(hu, index, mode=self.data.channels, window=window)  # (S, 3, Y, X) in [0, 1]
-        if self.data.denoise:
-            channels = T.nlm_denoise(channels)
-        if self.data.clahe:
-            channels = T.clahe(channels)
         body = (hu[index] > BODY_HU)[:, None].astype(np.float32)
         x, body_t = self._resize(torch.from_numpy(channels), torch.from_numpy(body))
+        if self.data.denoise or self.data.clahe:  # at the model's side: 2-4x cheaper than on the stored grid
+            x = torch.from_numpy(self._enhance(x.numpy()))
         x, body_t = self._flip(x, body_t, rng)
         return {"slices": x, "body": body_t}
 
@@ -94,6 +92,14 @@ class SliceViews:
         x = torch.from_numpy(T.hu_window(hu, *T.LUNG)[None])  # (1, Z, Y, X)
         body = torch.from_numpy((hu > BODY_HU)[None].astype(np.float32))
         return dict(zip(("volume", "body"), self._flip(x, body, rng), strict=True))
+
+    def _enhance(self, channels: np.ndarray) -> np.ndarray:
+        """Non-local means (search window 11 px: the slices are small) and CLAHE, per channel image."""
+        if self.data.denoise:
+            channels = T.nlm_denoise(channels, search_window=11, template_window=5)
+        if self.data.clahe:
+            channels = T.clahe(channels)
+        return channels
 
     def _resize(self, x: torch.Tensor, body: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         size = self.size

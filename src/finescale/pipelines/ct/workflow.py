@@ -15,17 +15,18 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from finescale.data.ct_io import LABELS
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
-from finescale.engine.run import METRICS, fit_and_report, skipped_counts, update_metrics
+from finescale.engine.run import METRICS, finish_evaluation, fit_and_report, skipped_counts, update_metrics
 from finescale.engine.trainer import BEST
 from finescale.errors import FinescaleError
 from finescale.eval.calibration import fit_platt, fit_temperature
 from finescale.eval.multilabel_plots import plot_reliability, plot_roc_curves
 from finescale.eval.prediction_files import write_predictions_csv, write_predictions_json
-from finescale.eval.report import Figure, Section, write_report
+from finescale.eval.report import Figure
 from finescale.pipelines import prefix_metrics
 from finescale.pipelines.ct.config import CTConfig
 from finescale.pipelines.ct.data import CTDataModule, CTVolumes, ensure_store, load_records
 from finescale.pipelines.ct.inference import ensemble_probabilities
+from finescale.pipelines.ct.mixing import BatchMixing
 from finescale.pipelines.ct.progressive import ProgressiveResizing
 from finescale.pipelines.ct.task import CTTask, ct_scores
 
@@ -38,7 +39,9 @@ def train(cfg: CTConfig, run_dir: Path, *, resume: bool = False, callbacks: Sequ
     validation split into best.ckpt."""
     store = ensure_store(cfg, [cfg.train_json, cfg.val_json], workers=max(1, cfg.trainer.num_workers))
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"store": store.path})})
-    extra = [ProgressiveResizing(cfg.data.progressive_sizes)] if cfg.data.progressive_sizes else []
+    extra: list[Callback] = [ProgressiveResizing(cfg.data.progressive_sizes)] if cfg.data.progressive_sizes else []
+    if cfg.data.mix != "none":
+        extra.append(BatchMixing(cfg.data.mix, cfg.data.mix_alpha, cfg.trainer.seed))
     summary = fit_and_report(
         cfg,
         Path(run_dir),
@@ -89,7 +92,8 @@ def calibrate(checkpoint: Path) -> dict[str, float]:
     torch.save(ckpt, tmp)
     tmp.replace(checkpoint)  # atomic: a crash leaves the old checkpoint, never half a file
     log.info("calibration (%s) on %s: validation BCE %.4f -> %.4f", cfg.model.calibration, cfg.val_json, before, after)
-    return {"ct_calibration_val_bce_before": before, "ct_calibration_val_bce_after": after}
+    # run bookkeeping of the best checkpoint (best_*), not an evaluation: it stays beside the training summary
+    return {"best_val_ct_bce_uncalibrated": before, "best_val_ct_bce_calibrated": after}
 
 
 def evaluate(
@@ -133,10 +137,8 @@ def evaluate(
         ext_labels = np.array([r["labels"] for r in external.records], dtype=np.float32)
         metrics.update(_renamed(ct_scores(ext_probs, ext_labels), "ct_external_"))
     metrics.update(prefix_metrics("ct", skipped_counts("eval", data)))
-    merged = update_metrics(out, metrics)
     figures = write_outputs(out.parent, Path(manifest).stem, data.records, probs, uncertainty, labels)
-    write_report(out.parent, title=TITLE, sections=[Section("Evaluation on " + Path(manifest).name, figures)])
-    return merged if out.name == METRICS else metrics
+    return finish_evaluation(out, manifest, metrics, run_dir=first.parent, title=TITLE, figures=figures)
 
 
 def _renamed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
