@@ -52,7 +52,10 @@ class TaskModule(L.LightningModule):
     # ------------------------------------------------------------------ Lightning hooks
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         losses = self.model.loss(batch)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=self._batch_size(batch))
+        # per step (every log_every_n_steps) as train/<name>_step, and the epoch's mean as train/<name>_epoch, so an
+        # epoch with fewer steps than the logging interval still logs its training losses once
+        named = {f"train/{k}": v.detach() for k, v in losses.items()}
+        self.log_dict(named, batch_size=self._batch_size(batch), on_step=True, on_epoch=True)
         self.log("loss", losses["loss"].detach(), prog_bar=True, logger=False, batch_size=self._batch_size(batch))
         return losses["loss"]
 

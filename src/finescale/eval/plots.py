@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 import math
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +110,6 @@ def _save(fig: Figure, out_path: str | Path) -> Path:
     return out
 
 
-def _running_mean(x: np.ndarray, y: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    kernel = np.ones(window) / window
-    return x[window - 1 :], np.convolve(y, kernel, mode="valid")
-
-
 def _is_loss(key: str) -> bool:
     name = key.split("/", 1)[-1].lower()
     for suffix in ("_step", "_epoch"):
@@ -126,69 +122,168 @@ def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     return math.ceil(n / ncols), ncols
 
 
+def _loss_name(key: str) -> str:
+    """``train/cls_epoch`` -> ``cls``: the loss a logged key measures, whatever split and reduction."""
+    name = key.split("/", 1)[-1]
+    for suffix in ("_step", "_epoch"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def epoch_axis(log: CsvLog) -> Callable[[Sequence[float]], np.ndarray] | None:
+    """Steps -> epochs trained, fractional: the last step of epoch ``e`` maps to ``e + 1``, the steps within an epoch
+    linearly in between (Lightning logs epoch-end values at that last step). None when the log has no epochs."""
+    ends: dict[float, float] = {}
+    for step, epoch in log._step_epoch:
+        ends[epoch] = max(ends.get(epoch, step), step)
+    knots = [(-1.0, 0.0)]
+    for epoch in sorted(ends):
+        if ends[epoch] > knots[-1][0]:
+            knots.append((ends[epoch], epoch + 1.0))
+    if len(knots) < 2:
+        return None
+    steps, epochs = (np.asarray(v, dtype=float) for v in zip(*knots, strict=True))
+    return lambda xs: np.interp(np.asarray(xs, dtype=float), steps, epochs)
+
+
+@dataclass
+class Curve:
+    """One line of the loss figure: ``panel`` (``loss`` or ``loss terms``), the loss ``name``, its ``split``
+    (train/val), ``kind`` (``step``: logged every few steps, ``epoch``: one value per epoch) and the points, x in
+    epochs trained (or steps when the log has no epochs)."""
+
+    panel: str
+    name: str
+    split: str
+    kind: str
+    xs: np.ndarray
+    ys: np.ndarray
+
+
+def loss_curves(log: CsvLog) -> list[Curve]:
+    """Training and validation losses of a CSV log on one x axis (epochs trained): per loss name, the training
+    loss per step (``train/<name>_step``, or ``train/<name>`` of older logs) and per epoch (``train/<name>_epoch``)
+    and the validation loss per epoch (``val/<name>``)."""
+    to_epoch = epoch_axis(log)
+    names = list(dict.fromkeys(_loss_name(k) for k in log if k.split("/", 1)[0] in ("train", "val") and _is_loss(k)))
+    names.sort(key=lambda name: name != "loss")  # the total first: its panel leads
+    curves = []
+    for name in names:
+        panel = "loss" if name == "loss" or "loss" not in names else "loss terms"
+        sources = [
+            ("train", "step", f"train/{name}_step"),
+            ("train", "step", f"train/{name}"),
+            ("train", "epoch", f"train/{name}_epoch"),
+            ("val", "epoch", f"val/{name}"),
+        ]
+        for split, kind, key in sources:
+            if key not in log:
+                continue
+            if to_epoch is None:
+                xs, ys = (np.asarray(v, dtype=float) for v in zip(*log[key], strict=True))
+            elif kind == "epoch":
+                xs, ys = (np.asarray(v, dtype=float) for v in zip(*log.by_epoch(key), strict=True))
+                xs = xs + 1.0  # the value of epoch e is known once e + 1 epochs are trained
+            else:
+                steps, ys = (np.asarray(v, dtype=float) for v in zip(*log[key], strict=True))
+                xs = to_epoch(steps)
+                if f"train/{name}_epoch" in log and len(ys) <= len(log[f"train/{name}_epoch"]):
+                    continue  # no more points than the epoch means: those say it all
+            curves.append(Curve(panel, name, split, kind, xs, ys))
+    return curves
+
+
+SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange"}
+
+
+def epoch_limits(ax: Any, last: float, *, pad_left: bool) -> None:
+    """x from 0 (or half an epoch before the first) to just past the last epoch, whole epochs as ticks: one epoch
+    is a readable axis too (not -0.045 .. 0.045 around a single point)."""
+    last = max(1.0, float(last))
+    ax.set_xlim(0.5 if pad_left else 0.0, last + max(0.25 if pad_left else 0.15, 0.03 * last))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    ax.set_xlabel("epoch")
+
+
+def _plot_losses(curves: list[Curve], out_path: Path, *, by_epoch: bool) -> Path:
+    panels = list(dict.fromkeys(c.panel for c in curves))
+    fig = _new_figure(5.4 * len(panels), 4.0)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        mine = [c for c in curves if c.panel == panel]
+        names = list(dict.fromkeys(c.name for c in mine))
+        colours = dict(zip(names, [f"C{i}" for i in range(len(names))], strict=True))
+        for c in mine:
+            colour = SPLIT_COLOURS[c.split] if panel == "loss" else colours[c.name]
+            label = c.split if panel == "loss" else f"{c.split} {c.name}"
+            dashed = "--" if panel != "loss" and c.split == "val" else "-"
+            if c.kind == "step":
+                ax.plot(c.xs, c.ys, lw=0.9, alpha=0.35, color=colour, label=f"{label} (per step)")
+            else:
+                many = len(c.ys) > 40
+                marker = None if many else ("o" if c.split == "train" else "s")
+                ax.plot(c.xs, c.ys, lw=1.8, ls=dashed, marker=marker, ms=5, color=colour, label=label)
+        if by_epoch:
+            epoch_limits(ax, max(float(c.xs.max()) for c in mine), pad_left=False)
+        else:
+            ax.set_xlabel("step")
+        ax.set_title("training and validation loss" if panel == "loss" else "loss terms", fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_path)
+
+
 def plot_training_curves(csv_path: str | Path, out_dir: str | Path) -> list[Path]:
-    """Plot losses (per split), validation metrics and learning rates from a CSVLogger file; returns the PNGs."""
+    """Plot losses (train and validation together, per epoch), validation metrics and learning rates from a
+    CSVLogger file; returns the PNGs."""
     log = read_csv_log(csv_path)
     out_dir = Path(out_dir)
     paths: list[Path] = []
 
-    splits = {s: [k for k in log if k.startswith(f"{s}/") and _is_loss(k)] for s in ("train", "val")}
-    splits = {s: keys for s, keys in splits.items() if keys}
-    if splits:
-        fig = _new_figure(5.6 * len(splits), 4.0)
-        axes = fig.subplots(1, len(splits), squeeze=False)[0]
-        for ax, (split, keys) in zip(axes, splits.items(), strict=True):
-            for key in keys:
-                xs, ys = (np.asarray(v, dtype=float) for v in zip(*log[key], strict=True))
-                label = key.split("/", 1)[1]
-                window = max(5, len(ys) // 25)
-                if split == "train" and len(ys) > 50:
-                    (raw,) = ax.plot(xs, ys, lw=0.8, alpha=0.25)
-                    ax.plot(
-                        *_running_mean(xs, ys, window), lw=1.6, color=raw.get_color(), label=f"{label} (mean {window})"
-                    )
-                else:
-                    ax.plot(xs, ys, lw=1.4, marker="o" if len(ys) <= 50 else None, ms=3, label=label)
-            ax.set_title(f"{split} losses")
-            ax.set_xlabel("step")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / LOSS_PNG))
+    curves = loss_curves(log)
+    if curves:
+        paths.append(_plot_losses(curves, out_dir / LOSS_PNG, by_epoch=epoch_axis(log) is not None))
 
     val_keys = [k for k in log if k.startswith("val/") and not _is_loss(k)]
     if val_keys:
         nrows, ncols = _grid(len(val_keys))
-        fig = _new_figure(4.2 * ncols, 3.2 * nrows)
+        fig = _new_figure(3.6 * ncols, 3.0 * nrows + 0.4)
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
         for ax, key in zip(axes, val_keys, strict=False):
             per_epoch = log.by_epoch(key)
             xs, ys = zip(*(per_epoch or log[key]), strict=True)
-            ax.plot(xs, ys, lw=1.4, marker="o" if len(ys) <= 50 else None, ms=3)
-            ax.set_title(key.split("/", 1)[1], fontsize=10)
-            ax.set_xlabel("epoch" if per_epoch else "step")
             if per_epoch:
-                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                xs = [x + 1 for x in xs]  # epochs trained, as on the loss figure
+            ax.plot(xs, ys, lw=1.6, marker="o" if len(ys) <= 50 else None, ms=5, color="tab:orange")
+            ax.set_title(key.split("/", 1)[1], fontsize=10)
+            if per_epoch:
+                epoch_limits(ax, max(xs), pad_left=True)
+            else:
+                ax.set_xlabel("step")
             ax.grid(alpha=0.3)
             best = min(ys) if any(t in key for t in ("mae", "rmse", "err", "mse")) else None
             if best is not None:
                 ax.axhline(best, color="0.5", lw=0.8, ls="--")
-                ax.text(0.99, 0.97, f"best {best:.4g}", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+                ax.text(0.99, 0.97, f"best {best:.4g}", transform=ax.transAxes, ha="right", va="top", fontsize=9)
         for ax in axes[len(val_keys) :]:
             ax.set_visible(False)
-        fig.suptitle("validation metrics")
+        fig.suptitle("validation metrics", fontsize=11)
         fig.tight_layout()
         paths.append(_save(fig, out_dir / VAL_PNG))
 
     lr_keys = [k for k in log if k.lower().startswith("lr")]
     if lr_keys:
-        fig = _new_figure(6.0, 3.4)
+        fig = _new_figure(5.2, 3.4)
         ax = fig.subplots()
         values = []
         for key in lr_keys:
             xs, ys = zip(*log[key], strict=True)
             values.extend(ys)
-            ax.plot(xs, ys, lw=1.4, label=key)
+            ax.plot(xs, ys, lw=1.4, marker="o" if len(ys) <= 20 else None, ms=4, label=key)
+        if len({x for key in lr_keys for x, _ in log[key]}) == 1:  # one step: a readable axis around it
+            ax.set_xlim(xs[0] - 1, xs[0] + 1)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if min(values) > 0 and max(values) / min(values) > 50:
             ax.set_yscale("log")
         ax.set_title("learning rate")
@@ -246,7 +341,7 @@ def plot_error_histogram(
 ) -> Path:
     """Histogram of (signed) errors with lines at zero and at the mean."""
     (e,) = _finite(errors)
-    fig = _new_figure(5.6, 3.6)
+    fig = _new_figure(5.2, 3.6)
     ax = fig.subplots()
     if e.size:
         bins = min(60, max(5, len(np.histogram_bin_edges(e, bins="auto")) - 1))
@@ -286,14 +381,17 @@ def plot_confusion_matrix(
         shown = np.divide(counts, sums, out=np.zeros_like(counts), where=sums > 0)
     else:
         shown = counts
-    size = max(4.5, 0.32 * n + 2.8)
+    # cells of 0.3 in hold an 8-pt label (12 px at the report's DPI): labels stay readable up to about 23 classes at
+    # the report's full width (10.8 in)
+    size = max(4.5, 0.3 * n + 2.8)
     fig = _new_figure(size + 1.0, size)
     ax = fig.subplots()
     vmax = 1.0 if normalize else max(float(shown.max()), 1.0)
     im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class" if normalize else "count")
-    fontsize = 9 if n <= 12 else max(5, 9 - (n - 12) // 4)
-    ax.set_xticks(range(n), labels, rotation=45 if n > 4 else 0, ha="right" if n > 4 else "center", fontsize=fontsize)
+    fontsize = 9 if n <= 12 else 8
+    turned = {"rotation": 45, "ha": "right", "rotation_mode": "anchor"} if n > 4 else {}
+    ax.set_xticks(range(n), labels, fontsize=fontsize, **turned)
     ax.set_yticks(range(n), labels, fontsize=fontsize)
     if n <= 12:
         for i in range(n):
@@ -305,9 +403,9 @@ def plot_confusion_matrix(
                 ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
     total = counts.sum()
     acc = float(np.trace(counts) / total) if total > 0 else float("nan")
-    ax.set_title(f"{title}\naccuracy {acc:.2%}  (n={int(total)})", fontsize=10)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_title(f"{title}\naccuracy {acc:.2%}  (n={int(total)})", fontsize=11)
+    ax.set_xlabel("predicted", fontsize=10)
+    ax.set_ylabel("true", fontsize=10)
     fig.tight_layout()
     return _save(fig, out_path)
 

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 REPORT_NAME = "report.html"
 CURVE_TITLES = {LOSS_PNG: "Losses", VAL_PNG: "Validation metrics", LR_PNG: "Learning rate"}
 INDEX_MAX_METRICS = 20
+# Pixels an image may have and still sit beside another one at its own size: half of main's 1216-px content width,
+# less the gap and the figure's padding and border.
+HALF_WIDTH_PX = 580
 EVAL_KEY = "eval"  # metrics.json's evaluations, {manifest: metrics} (engine/run.py writes them)
 
 _CSS = """
@@ -46,6 +49,7 @@ table.kv td.v{font-family:ui-monospace,Menlo,Consolas,monospace;text-align:right
 table.kv tr:nth-child(even){background:#f9fafb}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(440px,1fr));gap:16px;margin-top:12px}
 figure{margin:0;background:#fff;border:1px solid #e1e4ea;border-radius:6px;padding:10px}
+figure.wide{grid-column:1/-1}
 figure img{max-width:100%;height:auto;display:block;margin:0 auto}
 figcaption{font-size:.88em;color:#3d4556;margin-top:6px}
 details{background:#fff;border:1px solid #e1e4ea;border-radius:6px;padding:8px 12px}
@@ -199,6 +203,18 @@ def _metrics_sections(metrics: Mapping[str, Any], base: Path) -> list[str]:
     return parts
 
 
+def png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) in pixels from a PNG's header, None for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
 def _figures_html(figures: Iterable[Figure], base: Path, used: set[Path] | None = None) -> str:
     items, missing = [], []
     for fig in figures:
@@ -210,8 +226,13 @@ def _figures_html(figures: Iterable[Figure], base: Path, used: set[Path] | None 
             used.add(found.resolve())
         src = _esc(_href(found, base))
         caption = f"<b>{_esc(fig.title)}</b>" + (f" \u2014 {_esc(fig.caption)}" if fig.caption else "")
+        size = png_size(found)
+        # shown at its own pixel size (never enlarged, shrunk only on a narrow window): a figure wider than half the
+        # page gets a row of its own, so its labels keep the size they were drawn at
+        wide = ' class="wide"' if size and size[0] > HALF_WIDTH_PX else ""
+        dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
         items.append(
-            f'<figure><a href="{src}"><img src="{src}" alt="{_esc(fig.title)}" loading="lazy"></a>'
+            f'<figure{wide}><a href="{src}"><img src="{src}" alt="{_esc(fig.title)}"{dims} loading="lazy"></a>'
             f"<figcaption>{caption}</figcaption></figure>"
         )
     out = f'<div class="figs">{"".join(items)}</div>' if items else ""
