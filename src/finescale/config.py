@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from finescale.errors import FinescaleError
 
@@ -39,7 +39,7 @@ class TrainerConfig(Section):
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not applied to norms and biases)")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length before the cosine decay")
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="final learning rate as a fraction of the base")
-    lr_cycles: int = Field(1, ge=1, description="cosine cycles after the warm-up; > 1 restarts them (SGDR warm restarts)")
+    lr_cycles: int = Field(1, ge=1, description="cosine cycles after the warm-up; > 1 = warm restarts (SGDR)")
     grad_clip: float = Field(1.0, ge=0, description="gradient norm clip, 0 = off")
     seed: int = Field(0, description="seed for every random source")
     accelerator: str = Field("auto", description="cpu, gpu, mps or auto")
@@ -51,9 +51,42 @@ class TrainerConfig(Section):
     deterministic: bool = Field(True, description="use deterministic algorithms where torch has them")
     checkpoint_every_n_steps: int = Field(50, ge=1, description="also refresh last.ckpt every N steps")
     log_every_n_steps: int = Field(10, ge=1, description="logging interval in steps")
-    limit_train_batches: float = Field(1.0, gt=0, description="fraction (<=1) or number (>1) of train batches")
-    limit_val_batches: float = Field(1.0, ge=0, description="fraction (<=1) or number (>1) of val batches")
+    limit_train_batches: int | float = Field(
+        1.0,
+        description="train batches per epoch: a whole number counts them (1 = one batch), a fraction takes that"
+        " share (0.5; 1.0 = all)",
+    )
+    limit_val_batches: int | float = Field(
+        1.0,
+        description="validation batches: a whole number counts them (0 = none), a fraction takes that share"
+        " (1.0 = all)",
+    )
     progress: bool = Field(True, description="show the rich progress bar")
+
+    @field_validator("limit_train_batches", "limit_val_batches", mode="before")
+    @classmethod
+    def _count_or_fraction(cls, value: Any, info: ValidationInfo) -> Any:
+        """Lightning's rule, kept exact: an int counts batches, a float is a fraction, so ``1`` is one batch and
+        ``1.0`` all of them. A flag's text is an int when it reads as one (``"1"``), else a float (``"1.0"``)."""
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = int(text)
+            except ValueError:
+                try:
+                    value = float(text)
+                except ValueError:
+                    raise ValueError("give a whole number of batches or a fraction such as 0.5") from None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return value  # pydantic reports the type
+        low = 1 if info.field_name == "limit_train_batches" else 0
+        if isinstance(value, float) and value > 1 and value.is_integer():
+            value = int(value)  # older config.yaml files stored counts as floats (2.0): still a count
+        if isinstance(value, float) and not (0 < value <= 1 or (low == 0 and value == 0)):
+            raise ValueError("a fraction lies in (0, 1]; a count of batches is a whole number")
+        if isinstance(value, int) and value < low:
+            raise ValueError(f"a count of batches must be at least {low}")
+        return value
 
 
 class RunConfig(Section):
@@ -164,31 +197,91 @@ def apply_overrides(data: dict[str, Any], cls: type[RunConfig], overrides: Mappi
 def build_config(
     cls: type[C],
     *,
-    preset: str = "quick",
+    preset: str | None = "quick",
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
+    base: Path | None = None,
 ) -> C:
-    """Defaults <- preset YAML <- user YAML <- CLI overrides, validated into ``cls``."""
-    if preset not in PRESETS:
-        raise FinescaleError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    # Start from the full defaults so that a section default set by the pipeline (its own trainer settings)
-    # survives an override of one field of that section.
+    """Defaults <- preset YAML <- user YAML <- CLI overrides, validated into ``cls``.
+
+    ``base``: a run's config.yaml to start from instead of the preset (``--resume``): the run continues as it was
+    configured, the user's YAML and flags on top. Its preset stays; ``preset`` None means "the run's" there and
+    ``quick`` otherwise. A value out of range is reported by the flag that gave it (``--batch-size``) or its key in
+    the YAML file it came from (``trainer.batch_size in my.yaml``)."""
     data: dict[str, Any] = cls().model_dump(mode="json")
-    path = preset_path(data["pipeline"], preset)
-    if not path.exists():  # a preset that silently fell back to the defaults would mislead: refuse
-        raise FinescaleError(f"the {data['pipeline']} pipeline ships no {preset!r} preset ({path.name} is missing)")
-    data = deep_merge(data, read_yaml(path))
+    sources: list[tuple[Path, dict[str, Any]]] = []  # YAML files in the order they were merged
+    if base is not None:
+        run = read_yaml(base)
+        was = run.get("preset", "quick")
+        if preset is not None and preset != was:
+            raise FinescaleError(
+                f"the run was trained with the {was!r} preset ({base}); --resume continues it as it was: leave out"
+                f" --preset or give --preset {was}"
+            )
+        preset = was
+        data = deep_merge(data, run)
+        sources.append((Path(base), run))
+    else:
+        preset = preset or "quick"
+        if preset not in PRESETS:
+            raise FinescaleError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        # Start from the full defaults so that a section default set by the pipeline (its own trainer settings)
+        # survives an override of one field of that section.
+        path = preset_path(data["pipeline"], preset)
+        if not path.exists():  # a preset that silently fell back to the defaults would mislead: refuse
+            raise FinescaleError(f"the {data['pipeline']} pipeline ships no {preset!r} preset ({path.name} is missing)")
+        data = deep_merge(data, read_yaml(path))
     if config_file is not None:
-        data = deep_merge(data, read_yaml(config_file))
+        user = read_yaml(config_file)
+        data = deep_merge(data, user)
+        sources.append((Path(config_file), user))
     data["preset"] = preset
-    data = apply_overrides(data, cls, overrides or {})
-    return validate_config(cls, data)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data = apply_overrides(data, cls, overrides)
+    try:
+        return cls.model_validate(data)
+    except ValidationError as err:
+        raise FinescaleError(_describe(err, cls, overrides, sources)) from None
 
 
 def validate_config(cls: type[C], data: Mapping[str, Any]) -> C:
     try:
         return cls.model_validate(dict(data))
     except ValidationError as err:
-        first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise FinescaleError(f"invalid config value for {where}: {first['msg']}") from None
+        raise FinescaleError(_describe(err, cls, {}, [])) from None
+
+
+def _describe(
+    err: ValidationError,
+    cls: type[RunConfig],
+    overrides: Mapping[str, Any],
+    sources: list[tuple[Path, dict[str, Any]]],
+) -> str:
+    """One line for the first error, in the user's words: the flag they typed, else the key of the YAML file that
+    set the value, else the config path."""
+    first = err.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    leaves = {path for path, _, _ in leaf_fields(cls)}
+    # a union member's tag (trainer.limit_train_batches.int) is no key the user knows: the longest field path
+    loc = next((loc[:i] for i in range(len(loc), 0, -1) if loc[:i] in leaves), loc)
+    key = ".".join(loc)
+    msg = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    if first["type"] == "extra_forbidden":
+        where = next((f" in {path}" for path, data in reversed(sources) if _has(data, loc)), "")
+        return f"unknown config key {key}{where}"
+    if loc in leaves and loc[-1] in overrides:
+        return f"invalid value for --{loc[-1].replace('_', '-')} ({overrides[loc[-1]]}): {msg}"
+    for path, data in reversed(sources):
+        if _has(data, loc):
+            return f"invalid value for {key} in {path} ({value!r}): {msg}"
+    return f"invalid config value for {key}: {msg}"
+
+
+def _has(data: Mapping[str, Any], loc: tuple[str, ...]) -> bool:
+    node: Any = data
+    for part in loc:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True

@@ -14,27 +14,14 @@ from lightning.pytorch.callbacks import Callback
 from finescale.config import RunConfig, save_config
 from finescale.data.manifest import Manifest
 from finescale.engine.callbacks import TrainingClock
-from finescale.engine.trainer import LAST, build_trainer, seed_everything
-from finescale.errors import FinescaleError
+from finescale.engine.rundir import CONFIG, LAST, METRICS, check_run_dir
+from finescale.engine.trainer import build_trainer, seed_everything
+from finescale.errors import Interrupted
 from finescale.pipelines import is_run_key
 from finescale.serialize import read_json, write_json
 
-METRICS = "metrics.json"
-CONFIG = "config.yaml"
 EVAL = "eval"  # metrics.json's section of evaluations: {manifest: that evaluation's flat metrics}
 log = logging.getLogger("finescale")
-
-
-def check_run_dir(run_dir: Path, *, resume: bool) -> Path | None:
-    """The checkpoint to resume from, or None for a fresh run; refuses to overwrite a finished or crashed run."""
-    last = run_dir / LAST
-    if resume:
-        if not last.exists():
-            raise FinescaleError(f"--resume given but {last} does not exist")
-        return last
-    if last.exists():
-        raise FinescaleError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    return None
 
 
 def manifest_metrics(manifests: Mapping[str, Manifest]) -> dict[str, int]:
@@ -129,25 +116,35 @@ def fit(
     cfg: RunConfig,
     run_dir: Path,
     *,
-    build_task: Callable[[], L.LightningModule],
+    build_task: Callable[..., L.LightningModule],
     datamodule: L.LightningDataModule,
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Train the task made by ``build_task`` on ``datamodule``; writes config.yaml, best.ckpt, last.ckpt, logs and
-    the training part of metrics.json, and returns those metrics. The task is built after seeding, so that its
-    initial weights are part of what the seed fixes."""
+    """Train the task made by ``build_task(load_weights=...)`` on ``datamodule``; writes config.yaml, best.ckpt,
+    last.ckpt, logs and the training part of metrics.json, and returns those metrics. The task is built after seeding,
+    so that its initial weights are part of what the seed fixes; a resumed run builds it without its pretrained or
+    ``--weights`` files (last.ckpt brings every weight, and the file may be gone)."""
     run_dir = Path(run_dir)
     ckpt = check_run_dir(run_dir, resume=resume)
     seed_everything(cfg.trainer.seed, deterministic=cfg.trainer.deterministic)
-    task = build_task()
+    task = build_task(load_weights=ckpt is None)
+    # the manifests are read before the run directory is made (Lightning's own setup call then finds them read), so
+    # a data error leaves no folder behind
+    datamodule.setup("fit")
     clock = TrainingClock()
     trainer = build_trainer(
         cfg.trainer, run_dir, monitor=task.monitor, mode=task.monitor_mode, callbacks=[*callbacks, clock]
     )
     if trainer.is_global_zero:
         save_config(cfg, run_dir / CONFIG)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+    except SystemExit as stop:  # Lightning's ways out of a Ctrl-C (sys.exit(1)) and a SIGTERM (SIGTERMException)
+        if not trainer.interrupted:
+            raise
+        kind = "SIGTERM" if type(stop).__name__ == "SIGTERMException" else "SIGINT"
+        raise Interrupted(kind, run_dir / LAST if (run_dir / LAST).exists() else None) from None
     seconds = clock.seconds  # includes the attempts before a --resume
     best = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
     summary: dict[str, Any] = {
@@ -166,7 +163,7 @@ def fit_and_report(
     cfg: RunConfig,
     run_dir: Path,
     *,
-    build_task: Callable[[], L.LightningModule],
+    build_task: Callable[..., L.LightningModule],
     datamodule: L.LightningDataModule,
     title: str,
     resume: bool = False,

@@ -45,7 +45,7 @@ def train(cfg: CTConfig, run_dir: Path, *, resume: bool = False, callbacks: Sequ
     summary = fit_and_report(
         cfg,
         Path(run_dir),
-        build_task=lambda: CTTask(cfg.model_dump(mode="json")),
+        build_task=lambda load_weights=True: CTTask(cfg.model_dump(mode="json"), load_weights=load_weights),
         datamodule=CTDataModule(cfg, store),
         title=TITLE,
         resume=resume,

@@ -10,8 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from finescale.cli_options import config_flags
-from finescale.cli_pipeline import ConfigFile, Out, Preset, Resume, echo_json, pipeline_app
-from finescale.config import build_config
+from finescale.cli_pipeline import ConfigFile, Out, Preset, Resume, echo_json, pipeline_app, train_config
 from finescale.pipelines.dims.config import DimsConfig
 
 SUMMARY = "Implant length and diameter from a radiograph, helped by company and model embeddings (attention fusion)."
@@ -42,12 +41,13 @@ app = pipeline_app(
 @config_flags(DimsConfig, hidden=("regress",))
 def classify(
     out: Out,
-    preset: Preset = "quick",
+    preset: Preset = None,
     config: ConfigFile = None,
     resume: Resume = False,
     overrides: dict[str, Any] | None = None,
 ) -> None:
     """Train a company or model classifier (--target); its embedding feeds `dims train`."""
+    cfg = train_config(DimsConfig, out, preset=preset, config=config, resume=resume, overrides=overrides)
     from finescale.pipelines.dims.workflow import classify as run
 
-    echo_json(run(build_config(DimsConfig, preset=preset, config_file=config, overrides=overrides), out, resume=resume))
+    echo_json(run(cfg, out, resume=resume))

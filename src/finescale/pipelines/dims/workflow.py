@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from finescale.engine.checkpoints import checkpoint_config, load_task, read_checkpoint, resolve_checkpoint
 from finescale.engine.predictor import move_to, resolve_device
 from finescale.engine.run import METRICS, check_run_dir, finish_evaluation, fit_and_report, skipped_counts
+from finescale.engine.rundir import wrong_pipeline
 from finescale.engine.trainer import BEST, LAST
 from finescale.engine.unfreeze import ProgressiveUnfreezing
 from finescale.errors import FinescaleError
@@ -67,7 +68,7 @@ def classify(cfg: DimsConfig, run_dir: Path, *, resume: bool = False) -> dict[st
     return fit_and_report(
         cfg,
         run_dir,
-        build_task=lambda: DimsClassifierTask(cfg.model_dump(mode="json")),
+        build_task=lambda load_weights=True: DimsClassifierTask(cfg.model_dump(mode="json"), load_weights=load_weights),
         datamodule=DimsDataModule(cfg),
         title=f"finescale dims: {target} classifier",
         resume=resume,
@@ -87,7 +88,12 @@ def ensure_classifier(cfg: DimsConfig, run_dir: Path, target: str) -> Path:
 def read_classifier(path: str | Path, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(``{"model": model section, "labels": [...]}``, classifier state dict) of a classifier checkpoint."""
     ckpt = read_checkpoint(path)
-    config = DimsConfig.model_validate(checkpoint_config(ckpt))
+    raw = checkpoint_config(ckpt)
+    if raw.get("pipeline") != "dims":
+        raise FinescaleError(
+            wrong_pipeline(resolve_checkpoint(path), raw.get("pipeline"), "dims", flag=f"--{target}-checkpoint")
+        )
+    config = DimsConfig.model_validate(raw)
     if config.stage != "classify" or config.classify.target != target:
         what = f"a {config.classify.target} classifier" if config.stage == "classify" else "a regressor"
         raise FinescaleError(f"--{target}-checkpoint {path} holds {what}, not a {target} classifier")
@@ -131,8 +137,8 @@ def train(
         regress__model_checkpoint=str(paths["model"]),
     )
 
-    def build_task() -> DimsRegressionTask:
-        task = DimsRegressionTask(cfg.model_dump(mode="json"))
+    def build_task(load_weights: bool = True) -> DimsRegressionTask:
+        task = DimsRegressionTask(cfg.model_dump(mode="json"), load_weights=load_weights)
         task.model.load_embedders(states["company"], states["model"])
         return task
 

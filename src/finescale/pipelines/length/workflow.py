@@ -32,7 +32,7 @@ def train(
     return fit_and_report(
         cfg,
         run_dir,
-        build_task=lambda: LengthTask(cfg.model_dump(mode="json")),
+        build_task=lambda load_weights=True: LengthTask(cfg.model_dump(mode="json"), load_weights=load_weights),
         datamodule=LengthDataModule(cfg),
         title=TITLE,
         resume=resume,

@@ -45,7 +45,7 @@ def train(
     return fit_and_report(
         cfg,
         run_dir,
-        build_task=lambda: PuzzleTask(cfg.model_dump(mode="json")),
+        build_task=lambda load_weights=True: PuzzleTask(cfg.model_dump(mode="json"), load_weights=load_weights),
         datamodule=PuzzleDataModule(cfg),
         title=TITLE,
         resume=resume,
