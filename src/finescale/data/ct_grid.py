@@ -115,4 +115,4 @@ def to_grid(
     )
     np.nan_to_num(grid, copy=False, nan=AIR_HU, posinf=HU_MAX, neginf=HU_MIN)
     np.clip(grid, HU_MIN, HU_MAX, out=grid)
-    return np.rint(grid).astype(np.int16)
+    return np.rint(grid, out=grid).astype(np.int16)
