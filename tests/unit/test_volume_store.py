@@ -276,9 +276,16 @@ def test_corrupt_truncated_and_missing_inputs_are_skipped_and_counted(tmp_path):
         "train_8_a_1.nii.gz",
         "train_9_a_1.nii.gz",
     }
-    records = [{"volume": str(good[1]), "name": good[1].name}, {"volume": str(tmp_path / "gone.nii.gz")}, {"x": 1}]
+    records = [
+        {"volume": str(good[1]), "name": good[1].name},
+        {"volume": str(tmp_path / "gone.nii.gz")},
+        {"x": 1},
+        {"volume": str(good[0]), "name": ".hidden.nii.gz"},
+        {"volume": str(good[0]), "name": good[1].name},
+    ]
     stats = pack_quietly(records, tmp_path / "store2")
-    assert stats["skipped"] == {"missing_file": 1, "missing_field": 1} and stats["volumes_stored"] == 1
+    assert stats["volumes_stored"] == 1
+    assert stats["skipped"] == {"missing_file": 1, "missing_field": 1, "bad_name": 1, "duplicate_name": 1}
 
 
 def test_an_in_memory_fsspec_source_packs_like_a_local_folder(tmp_path):

@@ -13,7 +13,7 @@ Guarantees:
   first one that does not fit stops the pack, so the stored set is a prefix of the source order, whatever the
   workers' finishing order;
 - corrupt, truncated or missing inputs are skipped and counted by reason (``missing_file``, ``missing_field``,
-  ``unreadable_volume``, ``bad_metadata``, ``bad_volume``, ``duplicate_name``, ``fetch_error``).
+  ``unreadable_volume``, ``bad_metadata``, ``bad_volume``, ``bad_name``, ``duplicate_name``, ``fetch_error``).
 
 ``STORE/pack_stats.json`` (also returned): volume counts, bytes (``raw_bytes`` = int16 grid, ``stored_bytes`` = files,
 ``source_bytes`` = the input files), ``ratio`` = raw / stored (compression alone), ``source_to_stored_ratio``, encode
@@ -444,6 +444,8 @@ def _select(items: Sequence[PackItem], store: VolumeStore, tally: _Tally) -> lis
         stem = volume_stem(item.name)
         if item.problem:
             tally.skip(item, item.problem)
+        elif not stem or stem.startswith("."):
+            tally.skip(item, "bad_name", "an empty or hidden file name cannot name a stored volume")
         elif item.name in store:
             tally.already_stored += 1
         elif stem in seen:
