@@ -14,16 +14,21 @@ regressed sizes decide between similar models.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-Catalogue = dict[str, dict[str, list[float]]]  # model name -> {"lengths": [...], "diameters": [...]}
+# model name -> {"lengths": [...], "diameters": [...], "company": its maker, where the records name one}
+Catalogue = dict[str, dict[str, Any]]
 
 
 def read_catalogue(records: Sequence[Mapping]) -> Catalogue:
-    """Per model, the sorted distinct lengths and diameters (mm, 0.01 mm precision) of ``records``."""
+    """Per model, the sorted distinct lengths and diameters (mm, 0.01 mm precision) of ``records``, and the company
+    its records name most often (absent when none does)."""
     sizes: dict[str, tuple[set[float], set[float]]] = {}
+    makers: dict[str, Counter[str]] = {}
     for record in records:
         model = record.get("model")
         if not model:
@@ -31,7 +36,25 @@ def read_catalogue(records: Sequence[Mapping]) -> Catalogue:
         lengths, diameters = sizes.setdefault(str(model), (set(), set()))
         lengths.add(round(float(record["length_mm"]), 2))
         diameters.add(round(float(record["diameter_mm"]), 2))
-    return {m: {"lengths": sorted(ls), "diameters": sorted(ds)} for m, (ls, ds) in sorted(sizes.items())}
+        if record.get("company"):
+            makers.setdefault(str(model), Counter())[str(record["company"])] += 1
+    catalogue: Catalogue = {}
+    for m, (ls, ds) in sorted(sizes.items()):
+        catalogue[m] = {"lengths": sorted(ls), "diameters": sorted(ds)}
+        if m in makers:
+            catalogue[m]["company"] = makers[m].most_common(1)[0][0]
+    return catalogue
+
+
+def maker_of(model: str, catalogue: Mapping[str, Mapping[str, Any]], companies: Sequence[str]) -> str | None:
+    """The company (one of ``companies``) that makes ``model``: the one the training manifest names for it, else
+    the company whose name the model's name starts with (``Kalyx Straight KS`` -> ``Kalyx``, as in ``finescale synth
+    implants``); None when neither tells."""
+    named = (catalogue.get(model) or {}).get("company")
+    if named in companies:
+        return named
+    prefixes = [c for c in companies if model == c or model.startswith(f"{c} ")]
+    return max(prefixes, key=len) if prefixes else None
 
 
 def _nearest(values: np.ndarray, grid: Sequence[float]) -> np.ndarray:

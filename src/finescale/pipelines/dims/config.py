@@ -122,8 +122,10 @@ class DimsConfig(RunConfig):
     embedders: dict[str, dict[str, Any]] = Field(
         {}, description="set by the workflow: the company/model classifiers' model section and labels"
     )
-    catalogue: dict[str, dict[str, list[float]]] = Field(
-        {}, description="set by the workflow: per model, the lengths and diameters (mm) of the training manifest"
+    catalogue: dict[str, dict[str, Any]] = Field(
+        {},
+        description="set by the workflow: per model, the lengths and diameters (mm) of the training manifest and the"
+        " company that makes it",
     )
 
     def labels(self, target: str) -> list[str]:

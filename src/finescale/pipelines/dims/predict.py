@@ -9,12 +9,14 @@ import numpy as np
 import torch
 
 from finescale.engine.predictor import BatchedImagePredictor
-from finescale.eval.uncertainty import mc_dropout
-from finescale.pipelines.dims.catalogue import snap_to_catalogue
+from finescale.eval.uncertainty import mc_dropout_per_item
+from finescale.pipelines.dims.catalogue import maker_of, snap_to_catalogue
 from finescale.pipelines.dims.data import prepare_image
 
 WEIGHT_NAMES = {"dual": ("company", "model"), "triple": ("visual", "company", "model")}
 WEIGHT_NAMES["hierarchical"] = WEIGHT_NAMES["triple"]
+SIZES = ("length_mm", "diameter_mm")
+STATS = ("std", "mean")  # of the MC-dropout samples of the regressor's own sizes, in the answer's "uncertainty"
 
 
 def _named(labels: Sequence[str], probs: torch.Tensor) -> dict[str, float]:
@@ -24,8 +26,11 @@ def _named(labels: Sequence[str], probs: torch.Tensor) -> dict[str, float]:
 class DimsPredictor(BatchedImagePredictor):
     """Wraps a trained dims task; ``predict(paths_or_arrays)`` -> the dicts the CLI prints, one per image.
 
-    A regressor gives length and diameter (mm), company and model names with their probabilities, the attention
-    weights, and with ``mc_samples`` > 1 the MC-dropout mean and standard deviation; a classifier gives its label.
+    A regressor gives length and diameter (mm, from the model in eval mode, snapped to the catalogue), the model's
+    name and its maker as the company (the company classifier's own answer beside it, flagged when it differs), their
+    probabilities, the attention weights, and with ``mc_samples`` > 1 the standard deviation and mean of that many
+    MC-dropout passes (seeded per image: the same image gives the same answer in any batch); a classifier gives its
+    label.
     """
 
     def __init__(
@@ -81,39 +86,43 @@ class DimsPredictor(BatchedImagePredictor):
         ]
 
     def regress_records(self, batch: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
+        # the answer is the model's in eval mode (dropout off): deterministic, the same whatever else is in the
+        # batch, and what `eval` scores; MC dropout only measures the spread around it
+        pred = {k: v.float().cpu() for k, v in self.model.predict(batch).items()}
         samples = self.mc_samples
+        spread = None
         if samples > 1:
-            # seeded per batch: the same inputs give the same mean and spread on every call (CLI and Python alike)
-            cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=cuda):
-                torch.manual_seed(0)
-                runs = mc_dropout(self.model, lambda: self.model.predict(batch), samples)
-            pred = {k: v.mean(dim=0) for k, v in runs.items()}
-            spread = {k: runs[k].std(dim=0) for k in ("length_mm", "diameter_mm")}
-        else:
-            pred, spread = self.model.predict(batch), None
-        pred = {k: v.float().cpu() for k, v in pred.items()}
-        spread = {k: v.float().cpu() for k, v in spread.items()} if spread else None
+            runs = mc_dropout_per_item(self.model, self.model.predict, batch, samples)  # (B, samples) each
+            spread = {f"{k}_{stat}": getattr(runs[k].float().cpu(), stat)(dim=1) for k in SIZES for stat in STATS}
         sizes = self.snap({k: pred[k].numpy() for k in ("length_mm", "diameter_mm", "model_probs")})
         companies, models = self.cfg.data.companies, self.cfg.data.models
         names = WEIGHT_NAMES[self.cfg.regress.attention_type]
         out = []
         for i in range(pred["length_mm"].shape[0]):
             cp, mp = pred["company_probs"][i], pred["model_probs"][i]
+            model = models[int(mp.argmax())]
+            own = companies[int(cp.argmax())]  # the company classifier's own answer
+            # the company reported is the predicted model's maker, so that the two never contradict each other
+            company = maker_of(model, self.cfg.catalogue, companies) or own
             out.append(
                 {
                     "length_mm": round(float(sizes["length_mm"][i]), 3),
                     "diameter_mm": round(float(sizes["diameter_mm"][i]), 3),
                     **{k: round(float(sizes[k][i]), 3) for k in ("raw_length_mm", "raw_diameter_mm") if k in sizes},
-                    "company": companies[int(cp.argmax())],
-                    "company_probability": round(float(cp.max()), 4),
-                    "model": models[int(mp.argmax())],
+                    "company": company,
+                    "company_probability": round(float(cp[companies.index(company)]), 4),
+                    "model": model,
                     "model_probability": round(float(mp.max()), 4),
+                    "company_classifier": own,
+                    "company_classifier_agrees": own == company,
                     "company_probabilities": _named(companies, cp),
                     "model_probabilities": _named(models, mp),
                     "uncertainty": {
-                        "length_mm_std": round(float(spread["length_mm"][i]), 4) if spread else None,
-                        "diameter_mm_std": round(float(spread["diameter_mm"][i]), 4) if spread else None,
+                        **{
+                            f"{k}_{stat}": round(float(spread[f"{k}_{stat}"][i]), 4) if spread else None
+                            for k in SIZES
+                            for stat in STATS
+                        },
                         "mc_samples": samples if spread else 0,
                     },
                     "attention_weights": _named(names, pred["weights"][i]),
