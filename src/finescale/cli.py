@@ -10,11 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
+import rich
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from finescale.errors import FinescaleError
+from finescale.errors import FinescaleError, Interrupted
 from finescale.pipelines import DEMO_TASKS, PIPELINE_NAMES
 from finescale.serialize import to_jsonable
 
@@ -219,6 +220,12 @@ def _add_pipeline_apps() -> None:
 
 
 def main() -> None:
+    """The console entry point. The streams' rule, for every verb: stdout carries only the result (JSON lines, or
+    the markdown table of bench and hpo), everything else (logs, progress bars, Lightning's model table, warnings)
+    goes to stderr, so ``finescale ... | jq`` works. Exit status: 0 done; 1 some inputs of ``predict`` gave no
+    answer (each named on stderr, the others answered); 2 a user error (one line ``error: ...``); 130 / 143
+    training stopped by Ctrl-C / SIGTERM (last.ckpt kept for ``--resume``)."""
+    rich.reconfigure(stderr=True)  # rich's global console: progress bars of data preparation, the model table
     logging.basicConfig(
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)]
     )
@@ -230,6 +237,9 @@ def main() -> None:
     except FinescaleError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as stop:
+        print(f"error: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_status)
 
 
 if __name__ == "__main__":

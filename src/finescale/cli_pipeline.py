@@ -13,14 +13,29 @@ from typing import Annotated, Any
 import typer
 
 from finescale.cli_options import config_flags, merged, option_flags
-from finescale.config import build_config
+from finescale.config import RunConfig, build_config, leaf_fields
+from finescale.data.manifest import check_manifest_file
+from finescale.engine.rundir import CONFIG, check_run_dir, require_pipeline, resolve_checkpoint
 from finescale.errors import FinescaleError
 from finescale.serialize import to_jsonable
 
 Out = Annotated[Path, typer.Option("--out", help="run directory (config, checkpoints, logs, metrics, report)")]
-Preset = Annotated[str, typer.Option("--preset", help="quick (CPU, minutes) or full (the seed's GPU settings)")]
+Preset = Annotated[
+    str | None,
+    typer.Option(
+        "--preset",
+        help="quick (CPU, minutes; the default) or full (the seed's GPU settings); with --resume: the run's",
+        show_default=False,
+    ),
+]
 ConfigFile = Annotated[Path | None, typer.Option("--config", help="YAML file merged over the preset")]
-Resume = Annotated[bool, typer.Option("--resume", help="continue the run in --out from its last.ckpt")]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="continue the run in --out from its last.ckpt, configured by its config.yaml (--config and flags on top)",
+    ),
+]
 Checkpoint = Annotated[
     list[Path] | None,
     typer.Option("--checkpoint", help="checkpoint file or run directory (repeat it for an ensemble where supported)"),
@@ -33,6 +48,46 @@ EvalOut = Annotated[Path | None, typer.Option("--out", help="metrics file (defau
 
 def echo_json(value: Any) -> None:
     typer.echo(json.dumps(to_jsonable(value)))
+
+
+def train_config(
+    config_class: type[RunConfig],
+    out: Path,
+    *,
+    preset: str | None,
+    config: Path | None,
+    resume: bool,
+    overrides: dict[str, Any] | None,
+) -> Any:
+    """The config of a training verb, with every check that needs no model done before anything heavy is imported
+    (so a mistake is reported in about a second): the config's values, the run directory (``--resume`` needs its
+    last.ckpt; a fresh run refuses a folder holding a checkpoint) and the manifests (they exist; JSON ones parse).
+    With ``--resume`` the run's own config.yaml is the base: the run continues as it was configured, ``--config``
+    and the flags given on top of it."""
+    check_run_dir(out, resume=resume)
+    base = out / CONFIG if resume and (out / CONFIG).is_file() else None
+    cfg = build_config(config_class, preset=preset, config_file=config, overrides=overrides, base=base)
+    if cfg.train_json is None or cfg.val_json is None:
+        raise FinescaleError("give --train-json and --val-json (or set them in --config)")
+    for manifest in (cfg.train_json, cfg.val_json):
+        check_manifest_file(manifest)
+    # checkpoints a training starts from (dims' --company-checkpoint): of this pipeline
+    for path, _, _ in leaf_fields(config_class):
+        value = cfg
+        for part in path:
+            value = getattr(value, part)
+        if path[-1].endswith("_checkpoint") and value is not None:
+            require_pipeline(value, cfg.pipeline, flag="--" + path[-1].replace("_", "-"))
+    return cfg
+
+
+def announce(checkpoints: list[Path], pipeline: str) -> None:
+    """Before the heavy imports: each checkpoint exists, and the run's config.yaml does not name another pipeline
+    (refused in one line); then one line on stderr saying what is being loaded, which can take a while."""
+    for checkpoint in checkpoints:
+        require_pipeline(checkpoint, pipeline)
+    for checkpoint in checkpoints:  # a plain line, as the error lines are: a log line would wrap a long path
+        print(f"loading {resolve_checkpoint(checkpoint)} ({pipeline})...", file=sys.stderr)
 
 
 def pipeline_app(
@@ -69,21 +124,20 @@ def pipeline_app(
             raise FinescaleError("give --checkpoint (a run directory or a .ckpt file)")
         if len(checkpoints) > 1 and not ensembles:
             raise FinescaleError(f"the {name} pipeline takes one --checkpoint, got {len(checkpoints)}")
+        announce(checkpoints, name)
         return checkpoints
 
     @app.command("train")
     @config_flags(config_class, hidden=hidden_sections)
     def train(
         out: Out,
-        preset: Preset = "quick",
+        preset: Preset = None,
         config: ConfigFile = None,
         resume: Resume = False,
         overrides: dict[str, Any] | None = None,
     ) -> None:
         """Train on --train-json, pick the best epoch on --val-json; writes everything into --out."""
-        cfg = build_config(config_class, preset=preset, config_file=config, overrides=overrides)
-        if cfg.train_json is None or cfg.val_json is None:
-            raise FinescaleError("give --train-json and --val-json (or set them in --config)")
+        cfg = train_config(config_class, out, preset=preset, config=config, resume=resume, overrides=overrides)
         from finescale.pipelines import get_pipeline
 
         echo_json(get_pipeline(name).train(cfg, out, resume=resume))
@@ -98,6 +152,7 @@ def pipeline_app(
         options: dict[str, Any] | None = None,
     ) -> None:
         """Metrics of a checkpoint on a manifest, with plots and the HTML report."""
+        check_manifest_file(json_path)
         given = need(checkpoint)
         from finescale.pipelines import get_pipeline
 
@@ -137,7 +192,8 @@ def pipeline_app(
             else:
                 echo_json(answer)
         if failed:
-            print(f"error: {len(failed)} of {len(answers)} inputs could not be read", file=sys.stderr)
+            if len(answers) > 1:  # one input: its own error line says it all
+                print(f"error: {len(failed)} of {len(answers)} inputs gave no answer", file=sys.stderr)
             raise typer.Exit(1)
 
     return app

@@ -11,11 +11,13 @@ same answers in Python. The ``gpu`` variant runs the same on CUDA when one is pr
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+import yaml
 from tests.conftest import finescale as run_cli
 
 import finescale
@@ -170,10 +172,37 @@ def assert_close(a: Any, b: Any, tol: float = 2e-3) -> None:
 
 
 @pytest.mark.slow
-def test_a_checkpoint_of_another_pipeline_is_refused_in_one_line(length_run: Path, implants: Path):
+def test_a_checkpoint_of_another_pipeline_is_refused_in_one_line(length_run: Path, implants: Path, tmp_path: Path):
     image = implants / json.loads((implants / "test.json").read_text())[0]["image"]
+    manifest = implants / "test.json"
+
+    def refused(result: Any, found: str, expected: str, *, lines: int = 1) -> None:
+        assert result.returncode == 2, result.stderr
+        errors = result.stderr.strip().splitlines()
+        assert len(errors) == lines and f"is a {found} checkpoint, not a {expected} one" in errors[-1], errors
+
     for other in [n for n in PIPELINE_NAMES if n != "length"]:
         extra = ["--puzzle", image] if other == "puzzle" else []
-        result = run_cli(other, "predict", "--checkpoint", length_run, *extra, image, check=False)
-        assert result.returncode == 2, result.stderr
-        assert result.stderr.strip().count("\n") == 0 and "length" in result.stderr and other in result.stderr
+        refused(run_cli(other, "predict", "--checkpoint", length_run, *extra, image, check=False), "length", other)
+        refused(run_cli(other, "eval", "--checkpoint", length_run, "--json", manifest, check=False), "length", other)
+
+    # a dims run given to length: refused from its config.yaml; a bare checkpoint file (no config.yaml beside it)
+    # from the config inside, after the line saying it is being loaded
+    dims_run = tmp_path / "dims_run"
+    config = build_config(get_pipeline("dims").config_class).model_dump(mode="json")
+    torch.save({"hyper_parameters": {"config": config}, "state_dict": {}}, tmp_path / "dims.ckpt")
+    dims_run.mkdir()
+    (dims_run / "config.yaml").write_text(yaml.safe_dump(config))
+    (dims_run / "best.ckpt").write_bytes((tmp_path / "dims.ckpt").read_bytes())
+    refused(run_cli("length", "predict", "--checkpoint", dims_run, image, check=False), "dims", "length")
+    refused(run_cli("length", "eval", "--checkpoint", dims_run, "--json", manifest, check=False), "dims", "length")
+    bare = run_cli("length", "predict", "--checkpoint", tmp_path / "dims.ckpt", image, check=False)
+    refused(bare, "dims", "length", lines=2)
+
+    # dims' classifier checkpoints: a length run is no company classifier, with or without its config.yaml
+    shutil.copy(length_run / "best.ckpt", tmp_path / "length.ckpt")
+    for company, lines in ((length_run, 1), (tmp_path / "length.ckpt", 1)):
+        train = ["--train-json", manifest, "--val-json", manifest, "--out", tmp_path / "dims_out"]
+        result = run_cli("dims", "train", *train, "--company-checkpoint", company, check=False)
+        refused(result, "length", "dims", lines=lines)
+        assert "--company-checkpoint" in result.stderr

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from finescale.data.images import check_image
 from finescale.errors import EmptyManifestError, FinescaleError
 
-__all__ = ["SKIP_REASONS", "FieldSpec", "Manifest", "load_manifest"]
+__all__ = ["SKIP_REASONS", "FieldSpec", "Manifest", "check_manifest_file", "load_manifest"]
 
 logger = logging.getLogger("finescale")
 
@@ -120,6 +119,19 @@ def _read_raw(path: Path) -> list[Any]:
     return data
 
 
+def check_manifest_file(path: str | os.PathLike[str]) -> None:
+    """What can be checked of a manifest before anything heavy is imported: the file exists, and a JSON or JSONL
+    one holds a list of records (other formats, such as a pipeline's CSV, are read by the pipeline). FinescaleError
+    in one sentence naming the file otherwise."""
+    path = Path(path)
+    if path.suffix.lower() in (".json", ".jsonl"):
+        _read_raw(path)
+    elif not path.exists():
+        raise FinescaleError(f"manifest file {path} does not exist")
+    elif not path.is_file():
+        raise FinescaleError(f"manifest path {path} is not a file")
+
+
 def _number(value: Any, spec: FieldSpec) -> int | float:
     """Convert a number (or a string holding one) for a float/int field, or raise _Skip with the reason."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -186,6 +198,8 @@ def _validate(raw: Any, fields: Sequence[FieldSpec], root: Path) -> tuple[dict, 
 
 
 def _check_images(paths: set[str], workers: int) -> dict[str, str | None]:
+    from finescale.data.images import check_image  # cv2 and PIL: imported when an image is checked, not before
+
     ordered = sorted(paths)
     if workers <= 1 or len(ordered) <= 1:
         return {p: check_image(p) for p in ordered}

@@ -21,7 +21,7 @@ class SaveLastOnException(Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.global_step > 0:
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # what --resume needs: loops, callbacks
 
 
 class TrainingClock(Callback):

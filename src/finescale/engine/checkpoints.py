@@ -7,21 +7,11 @@ from typing import Any
 
 import torch
 
-from finescale.engine.trainer import BEST, LAST
+from finescale.engine.rundir import resolve_checkpoint, wrong_pipeline
+from finescale.engine.trainer import quiet_lightning
 from finescale.errors import FinescaleError
 
-
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run directory (its best.ckpt, else its last.ckpt)."""
-    path = Path(path)
-    if path.is_dir():
-        for name in (BEST, LAST):
-            if (path / name).exists():
-                return path / name
-        raise FinescaleError(f"run directory {path} holds no {BEST} or {LAST}")
-    if not path.exists():
-        raise FinescaleError(f"checkpoint {path} does not exist")
-    return path
+__all__ = ["checkpoint_config", "load_predictor", "load_task", "read_checkpoint", "resolve_checkpoint"]
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -49,7 +39,8 @@ def load_task(path: str | Path, *, pipeline: str | None = None) -> Any:
     config = checkpoint_config(ckpt)
     name = config.get("pipeline")
     if pipeline is not None and name != pipeline:
-        raise FinescaleError(f"{resolve_checkpoint(path)} is a {name} checkpoint, not a {pipeline} one")
+        raise FinescaleError(wrong_pipeline(resolve_checkpoint(path), name, pipeline))
+    quiet_lightning()  # the task modules import Lightning: its log lines go through the application's handler
     entry = get_pipeline(name)
     if entry.upgrade_config is not None:
         config = entry.upgrade_config(config)

@@ -20,9 +20,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from finescale.config import TrainerConfig
 from finescale.engine.callbacks import SaveLastOnException
+from finescale.engine.rundir import BEST, LAST
 
-BEST = "best.ckpt"
-LAST = "last.ckpt"
+__all__ = ["BEST", "LAST", "build_trainer", "quiet_lightning", "seed_everything"]
 
 
 def quiet_lightning() -> None:
@@ -33,6 +33,11 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # our run directory holds config.yaml first
+    # Lightning gives its package logger a handler of its own ("INFO: ..."); where the application has configured
+    # the root logger (the CLI has), every Lightning line then came out twice. One handler: the application's.
+    if logging.getLogger().handlers:
+        for handler in list(logging.getLogger("lightning").handlers):
+            logging.getLogger("lightning").removeHandler(handler)
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> None:
@@ -79,7 +84,9 @@ def build_trainer(
         *callbacks,
     ]
     if cfg.progress:
-        all_callbacks.append(RichProgressBar(leave=True))
+        # stderr: stdout carries only the command's result. The bar reconfigures rich's global console with these
+        # arguments, which is also where Lightning's model table goes.
+        all_callbacks.append(RichProgressBar(leave=True, console_kwargs={"stderr": True}))
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.epochs,
@@ -91,8 +98,8 @@ def build_trainer(
         deterministic="warn" if cfg.deterministic else False,
         gradient_clip_val=cfg.grad_clip or None,
         log_every_n_steps=cfg.log_every_n_steps,
-        limit_train_batches=_limit(cfg.limit_train_batches),
-        limit_val_batches=_limit(cfg.limit_val_batches),
+        limit_train_batches=cfg.limit_train_batches,  # an int counts batches, a float is a fraction (config.py)
+        limit_val_batches=cfg.limit_val_batches,
         logger=[
             TensorBoardLogger(save_dir=run_dir, name="logs", version="tb", default_hp_metric=False),
             CSVLogger(save_dir=run_dir, name="logs", version="csv"),
@@ -101,7 +108,3 @@ def build_trainer(
         enable_progress_bar=cfg.progress,
         enable_model_summary=cfg.progress,
     )
-
-
-def _limit(value: float) -> float | int:
-    return int(value) if value > 1 else float(value)

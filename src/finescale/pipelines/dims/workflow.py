@@ -119,13 +119,15 @@ def train(
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=resume)  # fail before spending time on the classifiers
     callback = unfreezing(cfg)
-    paths = {
-        "company": cfg.regress.company_checkpoint or ensure_classifier(cfg, run_dir / "company", "company"),
-        "model": cfg.regress.model_checkpoint or ensure_classifier(cfg, run_dir / "model", "model"),
-    }
+    given = {"company": cfg.regress.company_checkpoint, "model": cfg.regress.model_checkpoint}
     specs, states = {}, {}
+    for target in TARGETS:  # the checkpoints given first: a wrong one is refused before a classifier is trained
+        if given[target]:
+            specs[target], states[target] = read_classifier(given[target], target)
+    paths = {target: given[target] or ensure_classifier(cfg, run_dir / target, target) for target in TARGETS}
     for target in TARGETS:
-        specs[target], states[target] = read_classifier(paths[target], target)
+        if target not in specs:
+            specs[target], states[target] = read_classifier(paths[target], target)
     cfg = _updated(
         cfg,
         stage="regress",
