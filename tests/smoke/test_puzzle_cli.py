@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import pytest
 import torch
 from tests.conftest import finescale
@@ -47,7 +48,9 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
         "puzzle", "eval", "--method", "learned", "--checkpoint", run, "--json", puzzles / "test.json", "--out", learned
     )
     assert "puzzle_fallback_rate" not in json.loads(learned.read_text())
-    assert metrics["puzzle_ms_per_piece"] > 0 and metrics["puzzle_n"] == len(json.loads((puzzles / "test.json").read_text()))
+    assert metrics["puzzle_ms_per_piece"] > 0 and metrics["puzzle_n"] == len(
+        json.loads((puzzles / "test.json").read_text())
+    )
     assert (run / "plots" / "correlation_maps.png").exists() and "Correlation maps" in (run / "report.html").read_text()
 
     classical = tmp_path / "classical" / "metrics.json"  # no --checkpoint: the classical matcher
@@ -111,3 +114,15 @@ def test_bench_has_learned_and_classical_rows(puzzles: Path, tmp_path: Path):
     assert {"default", "classical", "classical-template"} <= set(rows)
     assert rows["default"]["puzzle_fallback_rate_mean"] is not None
     assert rows["default"]["seeds"] == [0, 1] and rows["classical"]["puzzle_ms_per_piece_mean"] > 0
+
+
+def test_a_piece_larger_than_the_puzzle_is_refused(puzzles: Path, tmp_path: Path):
+    """A 60x60 "puzzle" holds no 100-px piece: one error line and exit 1, not a placement with a confidence."""
+    record = json.loads((puzzles / "test.json").read_text())[0]
+    picture = cv2.imread(str(puzzles / record["puzzle"]))
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), cv2.resize(picture, (60, 60), interpolation=cv2.INTER_AREA))
+    result = finescale("puzzle", "predict", "--puzzle", tiny, puzzles / record["piece"], check=False)
+    assert result.returncode == 1 and result.stdout == "", result.stdout
+    [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert "is larger than the puzzle picture" in line and "(60x60 px)" in line and record["piece"] in line

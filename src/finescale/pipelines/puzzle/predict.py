@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import track
 from torch.utils.data import DataLoader
 
 from finescale.data.images import read_image, to_uint8
@@ -60,7 +62,9 @@ class FilePredictor:
         self.batch_size = batch_size
         self.num_workers = num_workers
 
-    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
+    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray], *, progress: bool = False) -> list[dict]:
+        """Place ``pieces`` in ``puzzle``; ``progress``: show on stderr what is being done (a large puzzle takes a
+        while)."""
         raise NotImplementedError
 
     def predict(
@@ -84,7 +88,9 @@ class PuzzlePredictor(FilePredictor):
         self.cfg = task.cfg
         self.model = inference_model(task, device)
 
-    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
+    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray], *, progress: bool = False) -> list[dict]:
+        if progress:
+            log.info("encoding the %dx%d puzzle", puzzle.shape[1], puzzle.shape[0])
         with torch.inference_mode():
             return locate(self.model, puzzle, list(pieces), self.cfg)
 
@@ -98,11 +104,11 @@ class ClassicalPredictor(FilePredictor):
         super().__init__(batch_size=batch_size, num_workers=num_workers)
         self.matcher = matcher or ClassicalMatcher()
 
-    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
-        return [
-            {"box": r["box"], "rotation": int(r["rotation"]), "confidence": float(r["confidence"])}
-            for r in self.matcher.match_many(puzzle, list(pieces))
-        ]
+    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray], *, progress: bool = False) -> list[dict]:
+        puzzle = as_rgb_uint8(puzzle)
+        key = self.matcher.fingerprint(puzzle)  # hashed once for all pieces, as match_many does
+        found = [self.matcher.match(puzzle, piece, key=key) for piece in shown(pieces, progress, "placing pieces")]
+        return [{"box": r["box"], "rotation": int(r["rotation"]), "confidence": float(r["confidence"])} for r in found]
 
 
 class HybridPredictor(FilePredictor):
@@ -143,19 +149,22 @@ class HybridPredictor(FilePredictor):
         self.matcher = matcher or ClassicalMatcher(method="template")
         self.stage_seconds = {"mask": 0.0, "learned": 0.0, "verify": 0.0}
 
-    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:
+    def locate(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray], *, progress: bool = False) -> list[dict]:
         # each piece is separated from the table once: the model's cutout and the verification share the mask
         start = time.perf_counter()
         pieces = [as_rgb_uint8(p) for p in pieces]
         masks = [piece_mask(p) for p in pieces]
         masked = time.perf_counter()
+        if progress:
+            log.info("encoding the %dx%d puzzle for the model's proposals", puzzle.shape[1], puzzle.shape[0])
         with torch.inference_mode():
             learned = locate(self.model, puzzle, pieces, self.cfg, proposals=self.proposals, masks=masks)
         middle = time.perf_counter()
         index = self.matcher.index_of(as_rgb_uint8(puzzle))
+        checks = shown(zip(pieces, learned, masks, strict=True), progress, "verifying places", total=len(pieces))
         results = [
             verify_guess(self.matcher, index, piece, guess, accept=self.accept, refine_top=self.refine_top, mask=mask)
-            for piece, guess, mask in zip(pieces, learned, masks, strict=True)
+            for piece, guess, mask in checks
         ]
         self.stage_seconds["mask"] += masked - start
         self.stage_seconds["learned"] += middle - masked
@@ -240,6 +249,8 @@ def predict_files(
         raise FinescaleError("give the whole puzzle picture (--puzzle FILE)")
     if not Path(puzzle).is_file():
         raise FinescaleError(f"puzzle picture {puzzle} not found")
+    if progress:
+        log.info("reading the puzzle picture %s", puzzle)
     image = read_rgb(puzzle)
     items = expand_inputs(pieces)
     loader = DataLoader(
@@ -249,11 +260,24 @@ def predict_files(
         collate_fn=list,
     )
     decoded = [item for part in loader for item in part]
+    for item in decoded:
+        if "views" in item and (size := too_large(item["views"], image)):
+            item["error"] = (
+                f"{input_name(items[item['index']], item['index'])}: the piece ({size[0]}x{size[1]} px) is larger than"
+                f" the puzzle picture {puzzle} ({image.shape[1]}x{image.shape[0]} px); a piece photo must show the"
+                " piece at the puzzle's scale"
+            )
+            del item["views"]
     good = [item for item in decoded if "views" in item]
-    if progress:
-        log.info("placing %d pieces in %s (%s)", len(good), puzzle, predictor.method)
+    if progress and good:
+        h, w = image.shape[:2]
+        log.info("placing %d pieces in %s (%dx%d px, %s)", len(good), puzzle, w, h, predictor.method)
     results = dict(
-        zip((it["index"] for it in good), predictor.locate(image, [it["views"] for it in good]), strict=True)
+        zip(
+            (it["index"] for it in good),
+            predictor.locate(image, [it["views"] for it in good], progress=progress) if good else [],
+            strict=True,
+        )
     )
     out = []
     for item in decoded:
@@ -277,6 +301,29 @@ def predict_files(
         placed = [a for a in out if "error" not in a]
         write_overlay(image, placed, overlay, labels=[Path(a["piece"]).stem for a in placed])
     return out
+
+
+def too_large(photo: np.ndarray, puzzle: np.ndarray) -> tuple[int, int] | None:
+    """The (width, height) of the piece in ``photo`` when it cannot lie in ``puzzle`` (larger at every quarter
+    turn), else None. A photo that fits is not looked into; a larger one is judged by its piece's outline (the table
+    around the piece may be larger than the puzzle)."""
+
+    def fits(h: int, w: int) -> bool:
+        return (h <= height and w <= width) or (w <= height and h <= width)
+
+    height, width = puzzle.shape[:2]
+    if fits(*photo.shape[:2]):
+        return None
+    rows, cols = np.nonzero(piece_mask(as_rgb_uint8(photo)))
+    h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    return None if fits(h, w) else (int(w), int(h))
+
+
+def shown(items: Iterable[Any], progress: bool, what: str, total: int | None = None) -> Iterable[Any]:
+    """``items`` as they are, or behind a progress bar on stderr (stdout carries the answers)."""
+    if not progress:
+        return items
+    return track(items, description=what, total=total, console=Console(stderr=True), transient=True)
 
 
 def write_overlay(
