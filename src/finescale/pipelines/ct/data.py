@@ -90,7 +90,7 @@ def ensure_store(cfg: CTConfig, manifests: Sequence[Path], *, workers: int = 2) 
     path = store_path(cfg, manifests[0])
     for manifest in manifests:
         pack(
-            Path(manifest),
+            load_records(manifest).records,  # validated, volume paths absolute: a JSON manifest or a labels CSV
             path,
             spacing=tuple(cfg.data.spacing),
             shape=tuple(cfg.data.shape),

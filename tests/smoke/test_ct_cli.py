@@ -1,0 +1,99 @@
+"""``finescale ct``'s own verbs end to end on tiny phantoms, through the real console entry point: an ensemble of two
+runs with test-time views, ``score`` of the predictions file it wrote against the labels, ``inspect``, the 3-D
+baseline, and a CT-RATE labels CSV given directly as the training manifest."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.conftest import finescale
+
+from finescale.data.ct_io import LABELS
+from finescale.pipelines import get_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+def flags(overrides: dict) -> list[str]:
+    out = []
+    for name, value in overrides.items():
+        out += ["--" + name.replace("_", "-"), ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return out
+
+
+TINY = [*flags(dict(get_pipeline("ct").smoke)), "--accelerator", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ct")
+    finescale("synth", "ct", "--out", out, "--n", "24", "--seed", "3")
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(phantoms: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    out = []
+    for seed in (0, 1):
+        run = tmp_path_factory.mktemp(f"ct_run{seed}")
+        data = ["--train-json", phantoms / "train.json", "--val-json", phantoms / "val.json"]
+        finescale("ct", "train", "--out", run, *data, *TINY, "--seed", seed)
+        out.append(run)
+    return out
+
+
+def test_ensemble_with_tta_writes_predictions_that_score_alike(runs: list[Path], phantoms: Path, tmp_path: Path):
+    out = tmp_path / "ensemble.json"
+    args = ["ct", "eval", "--json", phantoms / "test.json", "--out", out, "--tta", "2", "--ensemble", "adaptive"]
+    metrics = json.loads(finescale(*args, "--checkpoint", runs[0], "--checkpoint", runs[1]).stdout)
+    assert metrics["ct_members"] == 2 and metrics["ct_tta"] == 2
+    assert "ct_corrupted_macro_auroc" in metrics  # robustness is scored by default
+    predictions = tmp_path / "predictions_test.csv"
+    with predictions.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == metrics["ct_n"] and set(LABELS) <= set(rows[0])
+    # the labels CSV of the test volumes, scored by `ct score`: the same numbers as eval's
+    test = json.loads((phantoms / "test.json").read_text())
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["VolumeName", *LABELS])
+        writer.writerows([[r["name"], *r["labels"]] for r in test])
+    scored = json.loads(finescale("ct", "score", "--labels", labels, "--predictions", predictions).stdout)
+    for key in ("ct_macro_f1", "ct_macro_precision", "ct_macro_recall", "ct_macro_accuracy"):
+        assert scored[key] == pytest.approx(metrics[key], abs=1e-6), key
+    # the ensemble is not just its first member
+    single = json.loads(finescale("ct", "eval", "--json", phantoms / "test.json", "--checkpoint", runs[0]).stdout)
+    first = np.array([[float(r[name]) for name in LABELS] for r in rows])
+    alone = json.loads((runs[0] / "predictions_test.json").read_text())
+    assert single["ct_members"] == 1
+    assert not np.allclose(first, [[a["probabilities"][n] for n in LABELS] for a in alone], atol=1e-4)
+
+
+def test_inspect_reports_what_the_loader_sees(phantoms: Path):
+    record = json.loads((phantoms / "train.json").read_text())[0]
+    line = finescale("ct", "inspect", phantoms / record["volume"], "--metadata", phantoms / "metadata.csv").stdout
+    seen = json.loads(line)
+    assert len(seen["shape"]) == 3 and seen["hu_min"] >= -1100 and seen["hu_max"] > 300  # air and bone in HU
+    assert seen["scaling"] in ("csv", "header", "none")
+
+
+def test_3d_baseline_and_a_labels_csv_as_manifest(phantoms: Path, tmp_path: Path):
+    train = json.loads((phantoms / "train.json").read_text())
+    labels = tmp_path / "labels.csv"  # CT-RATE's own format: VolumeName + the 18 columns, volumes found by name
+    with labels.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["VolumeName", *LABELS])
+        writer.writerows([[r["name"], *r["labels"]] for r in train])
+    (tmp_path / "volumes").symlink_to(phantoms / "volumes")
+    (tmp_path / "metadata.csv").symlink_to(phantoms / "metadata.csv")
+    run = tmp_path / "run3d"
+    data = ["--train-json", labels, "--val-json", phantoms / "val.json"]
+    summary = json.loads(finescale("ct", "train", "--out", run, *data, *TINY, "--dimension", "3d").stdout)
+    assert summary["train_n_valid"] == len(train) and summary["global_step"] > 0
+    metrics = json.loads(finescale("ct", "eval", "--checkpoint", run, "--json", phantoms / "test.json").stdout)
+    assert metrics["ct_n"] == len(json.loads((phantoms / "test.json").read_text()))
