@@ -54,3 +54,10 @@ def test_the_pipeline_of_a_run_comes_from_its_config(tmp_path: Path):
     require_pipeline(tmp_path, "length")
     with pytest.raises(FinescaleError, match=r"best\.ckpt is a length checkpoint, not a dims one"):
         require_pipeline(tmp_path, "dims")
+
+
+def test_only_the_first_process_of_a_distributed_run_removes_anything(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    leftovers(tmp_path)
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a DDP process that Lightning started beside the first
+    assert check_run_dir(tmp_path, resume=False) is None
+    assert list((tmp_path / "logs" / "tb").iterdir()), "the first process's fresh logs are not touched"

@@ -5,6 +5,7 @@ so that a mistake in a path is reported in about a second; the engine uses the s
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ def check_run_dir(run_dir: Path, *, resume: bool) -> Path | None:
         return last
     if holds_checkpoint(run_dir):
         raise FinescaleError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if not first_process():  # the other processes of a DDP run start while the first one writes its logs
+        return None
     stale = [p for folder, pattern in _LOG_LEFTOVERS for p in (run_dir / folder).glob(pattern) if p.is_file()]
     if stale:
         log.info(
@@ -63,6 +66,15 @@ def check_run_dir(run_dir: Path, *, resume: bool) -> Path | None:
         for p in stale:
             p.unlink()
     return None
+
+
+def first_process() -> bool:
+    """Whether this is the first process of a (possibly distributed) run, read from the variables that launchers
+    set (Lightning's own, torchrun, SLURM), as Lightning reads its rank, without importing it."""
+    for key in ("RANK", "NODE_RANK", "GROUP_RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(key, "0").strip() not in ("", "0"):
+            return False
+    return True
 
 
 def run_config(run_dir: Path) -> dict[str, Any] | None:
