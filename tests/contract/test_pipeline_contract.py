@@ -146,6 +146,7 @@ def test_train_resume_eval_predict_load(synthetic: tuple[str, Path], accelerator
     lines = [json.loads(line) for line in cli.stdout.splitlines()]
     assert len(lines) == len(inputs) and not any("error" in line for line in lines)
     assert "broken.png" in cli.stderr and "1 of 4 inputs" in cli.stderr
+    assert f"loading {run / 'best.ckpt'} ({name})..." in cli.stderr  # said before the slow part
 
     # finescale.load gives the same answers in Python, as a list of plain dicts
     answers = finescale.load(run, device=device).predict([str(p) for p in inputs], **options)
