@@ -136,14 +136,16 @@ def test_check_images_false_only_checks_existence(root: Path):
 
 
 def test_each_image_is_decoded_once_and_workers_agree(root: Path, monkeypatch: pytest.MonkeyPatch):
+    import finescale.data.images as images_mod  # manifest imports check_image from there when it first checks one
+
     calls: list[str] = []
-    real = manifest_mod.check_image
+    real = images_mod.check_image
 
     def counting(path):
         calls.append(str(path))
         return real(path)
 
-    monkeypatch.setattr(manifest_mod, "check_image", counting)
+    monkeypatch.setattr(images_mod, "check_image", counting)
     records = [GOOD] * 5 + [{"image": "imgs/text.png", "length": 1}] * 3 + [{"image": "imgs/other.png", "length": 2}]
     path = _write(root / "m.json", records)
     serial = load_manifest(path, FIELDS, workers=1)
