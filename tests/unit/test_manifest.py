@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import finescale.data.manifest as manifest_mod
 from finescale.data.manifest import SKIP_REASONS, FieldSpec, Manifest, load_manifest
 from finescale.errors import EmptyManifestError, FinescaleError
 
