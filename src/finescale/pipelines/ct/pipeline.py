@@ -27,5 +27,5 @@ PIPELINE = Pipeline(
     example_inputs=example_inputs,
     smoke={"epochs": 1, "batch_size": 4, "slices_per_volume": 4, "image_size": 48, "progressive_sizes": [32, 48]},
     smoke_n=24,
-    demo_size=160,
+    demo_size=120,  # phantoms: about 70 training volumes, a few minutes on 2 cores
 )
