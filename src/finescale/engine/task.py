@@ -60,10 +60,12 @@ class TaskModule(L.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        losses = self.model.loss(batch)
+        # a model that can give both from one forward pass says so with ``loss_and_predict(batch)``
+        both = getattr(self.model, "loss_and_predict", None)
+        losses, prediction = both(batch) if both else (self.model.loss(batch), self.model.predict(batch))
         size = self._batch_size(batch)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=size, sync_dist=True)
-        self.update_val_metrics(batch, self.model.predict(batch))
+        self.update_val_metrics(batch, prediction)
 
     def on_validation_epoch_end(self) -> None:
         metrics = self.compute_val_metrics()

@@ -286,7 +286,16 @@ class PuzzleLocator(nn.Module):
     def loss(self, batch: dict) -> dict[str, torch.Tensor]:
         """Dense: ``pos`` (soft CE over rotation x position), ``rot``, ``box`` (L1 of offset and log size at the
         3x3 cells around the true centre). Regression: ``box`` = 0.5 ``ciou`` + 0.5 ``l1``, ``rot``."""
+        return self._losses(batch, self(batch))
+
+    def loss_and_predict(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """:meth:`loss` and :meth:`predict` from one forward pass (validation scores both)."""
         out = self(batch)
+        with torch.no_grad():
+            prediction = self._decode_batch(batch, out)
+        return self._losses(batch, out), prediction
+
+    def _losses(self, batch: dict, out: dict) -> dict[str, torch.Tensor]:
         rotation = batch["rotation"].long()
         losses = {"rot": F.cross_entropy(out["rotation_logits"], rotation)}
         template = self._template_index(rotation)
@@ -336,7 +345,9 @@ class PuzzleLocator(nn.Module):
     def predict(self, batch: dict) -> dict[str, torch.Tensor]:
         """``box`` (B, 4) xyxy normalised to the puzzle input, ``rotation`` (B,), ``confidence`` (B,),
         ``rotation_probs`` (B, 4)."""
-        out = self(batch)
+        return self._decode_batch(batch, self(batch))
+
+    def _decode_batch(self, batch: dict, out: dict) -> dict[str, torch.Tensor]:
         return self.decode(
             out, out["pieces"], out["puzzles"], input_hw=batch["puzzle"].shape[-2:], piece_px=batch["piece"].shape[-1]
         )
