@@ -66,3 +66,15 @@ def test_one_epoch_axis_is_readable():
     assert (low, high) == (0.5, 1.25)  # not -0.045 .. 0.045 around a lone point
     ticks = [t for t in ax.get_xticks() if low <= t <= high]
     assert ticks == [1.0] and ax.get_xlabel() == "epoch"
+
+
+def test_losses_named_by_the_task_go_with_the_losses(tmp_path: Path):
+    # the puzzle's training step logs pos, box and rot: validation's pos, box and rot are losses, not metrics
+    text = "epoch,step,train/pos_epoch,train/rot_epoch,train/loss_epoch,val/pos,val/rot,val/loss,val/puzzle_both\n"
+    text += "0,9,,,,5.0,1.2,6.0,0.3\n0,9,4.0,1.0,5.0,,,,\n"
+    curves = plots.loss_curves(plots.read_csv_log(_write(tmp_path, text)))
+    assert {(c.panel, c.name, c.split) for c in curves} == {
+        ("loss", "loss", "train"),
+        ("loss", "loss", "val"),
+        *(("loss terms", name, split) for name in ("pos", "rot") for split in ("train", "val")),
+    }

@@ -117,6 +117,17 @@ def _is_loss(key: str) -> bool:
     return "loss" in name or any(token in LOSS_TOKENS for token in name.replace("-", "_").split("_"))
 
 
+def _is_loss_of(log: CsvLog, key: str) -> bool:
+    """Whether ``key`` is a training or validation loss: its name looks like one, or training logged it (a task's
+    training step logs its losses only, whatever they are called: the puzzle's ``pos``, ``box``, ``rot``)."""
+    split = key.split("/", 1)[0]
+    if split not in ("train", "val"):
+        return False
+    name = _loss_name(key)
+    trained = any(k in log for k in (f"train/{name}", f"train/{name}_step", f"train/{name}_epoch"))
+    return _is_loss(key) or trained
+
+
 def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
     ncols = min(max_cols, max(n, 1))
     return math.ceil(n / ncols), ncols
@@ -165,7 +176,7 @@ def loss_curves(log: CsvLog) -> list[Curve]:
     loss per step (``train/<name>_step``, or ``train/<name>`` of older logs) and per epoch (``train/<name>_epoch``)
     and the validation loss per epoch (``val/<name>``)."""
     to_epoch = epoch_axis(log)
-    names = list(dict.fromkeys(_loss_name(k) for k in log if k.split("/", 1)[0] in ("train", "val") and _is_loss(k)))
+    names = list(dict.fromkeys(_loss_name(k) for k in log if _is_loss_of(log, k)))
     names.sort(key=lambda name: name != "loss")  # the total first: its panel leads
     curves = []
     for name in names:
@@ -217,8 +228,9 @@ def _plot_losses(curves: list[Curve], out_path: Path, *, by_epoch: bool) -> Path
             colour = SPLIT_COLOURS[c.split] if panel == "loss" else colours[c.name]
             label = c.split if panel == "loss" else f"{c.split} {c.name}"
             dashed = "--" if panel != "loss" and c.split == "val" else "-"
-            if c.kind == "step":
-                ax.plot(c.xs, c.ys, lw=0.9, alpha=0.35, color=colour, label=f"{label} (per step)")
+            if c.kind == "step":  # faint; named in the legend of the total only, to keep the terms' legend short
+                step_label = f"{label} (per step)" if panel == "loss" else "_nolegend_"
+                ax.plot(c.xs, c.ys, lw=0.9, alpha=0.35, color=colour, label=step_label)
             else:
                 many = len(c.ys) > 40
                 marker = None if many else ("o" if c.split == "train" else "s")
@@ -229,7 +241,7 @@ def _plot_losses(curves: list[Curve], out_path: Path, *, by_epoch: bool) -> Path
             ax.set_xlabel("step")
         ax.set_title("training and validation loss" if panel == "loss" else "loss terms", fontsize=11)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=9)
+        ax.legend(fontsize=9 if panel == "loss" else 8, ncols=1 if panel == "loss" else 2)
     fig.tight_layout()
     return _save(fig, out_path)
 
@@ -245,7 +257,7 @@ def plot_training_curves(csv_path: str | Path, out_dir: str | Path) -> list[Path
     if curves:
         paths.append(_plot_losses(curves, out_dir / LOSS_PNG, by_epoch=epoch_axis(log) is not None))
 
-    val_keys = [k for k in log if k.startswith("val/") and not _is_loss(k)]
+    val_keys = [k for k in log if k.startswith("val/") and not _is_loss_of(log, k)]
     if val_keys:
         nrows, ncols = _grid(len(val_keys))
         fig = _new_figure(3.6 * ncols, 3.0 * nrows + 0.4)
