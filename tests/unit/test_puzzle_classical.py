@@ -108,11 +108,12 @@ import json, os, resource, sys
 from pathlib import Path
 import cv2, numpy as np
 from finescale.pipelines.puzzle.classical import ClassicalMatcher
+cv2.setNumThreads(1)  # per-thread buffers and malloc arenas made the peak depend on the machine's load
 root = Path(sys.argv[1])
 records = json.loads((root / "train.json").read_text())
 read = lambda name: np.ascontiguousarray(cv2.imread(str(root / name), cv2.IMREAD_COLOR)[..., ::-1])
 puzzle, pieces = read(records[0]["puzzle"]), [read(r["piece"]) for r in records]
-matcher = ClassicalMatcher()
+matcher = ClassicalMatcher(**json.loads(sys.argv[2]))
 resident = int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 results = matcher.match_many(puzzle, pieces)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -122,9 +123,13 @@ print(json.dumps({"grown_mib": (peak - resident) / 2**20, "shape": puzzle.shape,
 
 def test_full_size_puzzle_stays_bounded(tmp_path):
     generate_puzzles(tmp_path, n=2, seed=5, split=(1.0, 0.0, 0.0), full_size_fraction=1.0, workers=1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
     run = subprocess.run(
-        [sys.executable, "-c", MEASURE_MATCHER, str(tmp_path)], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, "-c", MEASURE_MATCHER, str(tmp_path), "{}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     measured = json.loads(run.stdout.strip().splitlines()[-1])
