@@ -121,23 +121,27 @@ print(json.dumps({"grown_mib": (peak - resident) / 2**20, "shape": puzzle.shape,
 """
 
 
+def _matcher_growth(folder, **options) -> dict:
+    """Peak memory growth of matching the folder's first puzzle, measured in a fresh interpreter (one OpenCV
+    thread, two malloc arenas: per-thread buffers made the peak depend on the machine's load)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+    script = [sys.executable, "-c", MEASURE_MATCHER, str(folder), json.dumps(options)]
+    run = subprocess.run(script, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
 def test_full_size_puzzle_stays_bounded(tmp_path):
     generate_puzzles(tmp_path, n=2, seed=5, split=(1.0, 0.0, 0.0), full_size_fraction=1.0, workers=1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
-    run = subprocess.run(
-        [sys.executable, "-c", MEASURE_MATCHER, str(tmp_path), "{}"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    measured = json.loads(run.stdout.strip().splitlines()[-1])
-    height, width = measured["shape"][:2]
+    tiled = _matcher_growth(tmp_path)
+    whole = _matcher_growth(tmp_path, sift_tile=100_000)  # SIFT over the whole picture at once
+    height, width = tiled["shape"][:2]
     assert height * width > 5_000_000
-    # about 200 MiB measured (SIFT tile by tile); SIFT over the whole picture at once grows by about 1400
-    assert measured["grown_mib"] < 600, measured["grown_mib"]
-    for x1, y1, x2, y2 in measured["boxes"]:
+    # measured here: about 200 MiB tiled vs 1380 untiled on a 3068 x 1965 puzzle; the bound is relative, so a
+    # different picture or allocator moves both alike
+    assert tiled["grown_mib"] < 0.5 * whole["grown_mib"], (tiled["grown_mib"], whole["grown_mib"])
+    assert tiled["boxes"] == whole["boxes"]  # the same answers either way
+    for x1, y1, x2, y2 in tiled["boxes"]:
         assert 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height
 
 
