@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from finescale.eval import plots
+from finescale.eval import curves as curve_plots
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_short_epochs_log_the_training_loss_everywhere(length_run: Path):
     steps = math.ceil(summary["train_n_valid"] / config["trainer"]["batch_size"])
     assert steps < config["trainer"]["log_every_n_steps"]  # the case: no per-step row is ever written
 
-    log = plots.read_csv_log(length_run / "logs" / "csv" / "metrics.csv")
+    log = curve_plots.read_csv_log(length_run / "logs" / "csv" / "metrics.csv")
     epochs = summary["epochs_trained"]
     assert len(log["train/loss_epoch"]) == epochs and all(v > 0 for _, v in log["train/loss_epoch"])
 
@@ -33,6 +33,6 @@ def test_short_epochs_log_the_training_loss_everywhere(length_run: Path):
     assert len(events.Scalars("train/loss_epoch")) == epochs
 
     # the report's loss figure: training and validation loss together, one point each per epoch
-    curves = [c for c in plots.loss_curves(log) if c.panel == "loss"]
+    curves = [c for c in curve_plots.loss_curves(log) if c.panel == "loss"]
     assert {(c.split, c.kind) for c in curves} == {("train", "epoch"), ("val", "epoch")}
     assert all(c.xs.tolist() == [float(e + 1) for e in range(epochs)] for c in curves)

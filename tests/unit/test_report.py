@@ -14,6 +14,7 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
+from finescale.eval import curves as curve_plots
 from finescale.eval import plots
 from finescale.eval.report import Figure, Section, format_value, write_index, write_report
 
@@ -79,7 +80,7 @@ def _img_srcs(page: str) -> list[str]:
 def test_read_csv_log_parses_sparse_rows(tmp_path: Path) -> None:
     path = tmp_path / "metrics.csv"
     path.write_text(SPARSE_CSV)
-    log = plots.read_csv_log(path)
+    log = curve_plots.read_csv_log(path)
 
     assert set(log) == {"lr-AdamW/pg1", "train/cls", "train/loss", "train/reg_aux", "val/length_mae_mm", "val/loss"}
     assert log["train/loss"] == [(4.0, 1.25), (9.0, 1.0), (14.0, 0.75)]
@@ -95,16 +96,16 @@ def test_read_csv_log_parses_sparse_rows(tmp_path: Path) -> None:
 def test_plot_training_curves_writes_three_figures(tmp_path: Path) -> None:
     csv_path = tmp_path / "metrics.csv"
     _write_lightning_csv(csv_path)
-    paths = plots.plot_training_curves(csv_path, tmp_path / "plots")
-    assert [p.name for p in paths] == [plots.LOSS_PNG, plots.VAL_PNG, plots.LR_PNG]
+    paths = curve_plots.plot_training_curves(csv_path, tmp_path / "plots")
+    assert [p.name for p in paths] == [curve_plots.LOSS_PNG, curve_plots.VAL_PNG, curve_plots.LR_PNG]
     assert all(_is_png(p) for p in paths)
 
 
 def test_plot_training_curves_without_lr_or_val(tmp_path: Path) -> None:
     csv_path = tmp_path / "metrics.csv"
     csv_path.write_text("epoch,step,train/loss\n0,0,1.0\n0,1,0.5\n")
-    paths = plots.plot_training_curves(csv_path, tmp_path)
-    assert [p.name for p in paths] == [plots.LOSS_PNG]
+    paths = curve_plots.plot_training_curves(csv_path, tmp_path)
+    assert [p.name for p in paths] == [curve_plots.LOSS_PNG]
 
 
 def test_plot_functions_write_png(tmp_path: Path) -> None:
@@ -154,7 +155,7 @@ def test_write_report_contains_metrics_curves_and_escaped_config(tmp_path: Path)
 
     srcs = _img_srcs(page)
     names = {Path(s).name for s in srcs}
-    assert {plots.LOSS_PNG, plots.VAL_PNG, plots.LR_PNG, "errors.png"} <= names
+    assert {curve_plots.LOSS_PNG, curve_plots.VAL_PNG, curve_plots.LR_PNG, "errors.png"} <= names
     assert srcs.count("plots/errors.png") == 1  # shown in its section, not again under "Other plots"
     for ref in _local_refs(page):
         assert not ref.startswith("/"), ref
@@ -209,7 +210,7 @@ def test_write_index_links_runs_relatively(tmp_path: Path) -> None:
     assert "val/length_mae_mm" in page  # no summary for "count": falls back to its metrics.json
     assert "run directory not found" in page
     assert "count/plots/bench.png" in _img_srcs(page)
-    assert f"length/plots/{plots.LOSS_PNG}" in _img_srcs(page)
+    assert f"length/plots/{curve_plots.LOSS_PNG}" in _img_srcs(page)
     for ref in _local_refs(page):
         assert not ref.startswith("/") and (out / ref).is_file(), ref
 

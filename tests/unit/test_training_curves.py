@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from finescale.eval import plots
+from finescale.eval import curves as curve_plots
 
 # What Lightning's CSVLogger writes for one 5-step epoch with log_every_n_steps=10: no per-step row at all, the
 # epoch means (train/<name>_epoch) and the validation losses at the epoch's last step.
@@ -33,7 +33,7 @@ def _write(tmp_path: Path, text: str) -> Path:
 
 
 def test_one_short_epoch_gives_train_and_val_loss_together(tmp_path: Path):
-    curves = plots.loss_curves(plots.read_csv_log(_write(tmp_path, ONE_SHORT_EPOCH)))
+    curves = curve_plots.loss_curves(curve_plots.read_csv_log(_write(tmp_path, ONE_SHORT_EPOCH)))
     by = {(c.panel, c.name, c.split, c.kind): c for c in curves}
     assert set(by) == {
         ("loss", "loss", "train", "epoch"),
@@ -45,12 +45,12 @@ def test_one_short_epoch_gives_train_and_val_loss_together(tmp_path: Path):
     for curve in curves:
         assert curve.xs.tolist() == [1.0]  # one epoch trained
     assert by[("loss", "loss", "train", "epoch")].ys.tolist() == [3.2]
-    paths = plots.plot_training_curves(tmp_path / "metrics.csv", tmp_path / "plots")
-    assert [p.name for p in paths] == [plots.LOSS_PNG, plots.VAL_PNG]
+    paths = curve_plots.plot_training_curves(tmp_path / "metrics.csv", tmp_path / "plots")
+    assert [p.name for p in paths] == [curve_plots.LOSS_PNG, curve_plots.VAL_PNG]
 
 
 def test_steps_fall_between_the_epochs(tmp_path: Path):
-    curves = plots.loss_curves(plots.read_csv_log(_write(tmp_path, THREE_EPOCHS)))
+    curves = curve_plots.loss_curves(curve_plots.read_csv_log(_write(tmp_path, THREE_EPOCHS)))
     step = next(c for c in curves if c.kind == "step")
     epoch = next(c for c in curves if c.kind == "epoch" and c.split == "train")
     assert np.allclose(step.xs, [0.5, 1.0, 1.5, 2.0, 2.5, 3.0])  # steps 9, 19, 29 ... of 20-step epochs
@@ -61,7 +61,7 @@ def test_steps_fall_between_the_epochs(tmp_path: Path):
 def test_one_epoch_axis_is_readable():
     ax = Figure().subplots()
     ax.plot([1.0], [0.09], marker="o")
-    plots.epoch_limits(ax, 1.0, pad_left=True)
+    curve_plots.epoch_limits(ax, 1.0, pad_left=True)
     low, high = ax.get_xlim()
     assert (low, high) == (0.5, 1.25)  # not -0.045 .. 0.045 around a lone point
     ticks = [t for t in ax.get_xticks() if low <= t <= high]
@@ -72,7 +72,7 @@ def test_losses_named_by_the_task_go_with_the_losses(tmp_path: Path):
     # the puzzle's training step logs pos, box and rot: validation's pos, box and rot are losses, not metrics
     text = "epoch,step,train/pos_epoch,train/rot_epoch,train/loss_epoch,val/pos,val/rot,val/loss,val/puzzle_both\n"
     text += "0,9,,,,5.0,1.2,6.0,0.3\n0,9,4.0,1.0,5.0,,,,\n"
-    curves = plots.loss_curves(plots.read_csv_log(_write(tmp_path, text)))
+    curves = curve_plots.loss_curves(curve_plots.read_csv_log(_write(tmp_path, text)))
     assert {(c.panel, c.name, c.split) for c in curves} == {
         ("loss", "loss", "train"),
         ("loss", "loss", "val"),

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from finescale.eval.plots import LOSS_PNG, LR_PNG, VAL_PNG, plot_training_curves
+from finescale.eval.curves import LOSS_PNG, LR_PNG, VAL_PNG, plot_training_curves
 
 log = logging.getLogger(__name__)
 
