@@ -243,7 +243,7 @@ def test_a_trial_whose_process_died_before_its_first_heartbeat_is_retried(
     trial hits this): Optuna's stale check skips such a trial, which would then count as running forever."""
     import optuna
 
-    from finescale.eval.hpo import SilentTrials, owed, storage_for
+    from finescale.eval.hpo_storage import SilentTrials, owed, storage_for
 
     monkeypatch.setenv("FINESCALE_HPO_HEARTBEAT_S", "1")
     monkeypatch.setenv("FINESCALE_HPO_GRACE_S", "2")

@@ -120,8 +120,7 @@ def test_two_machines_share_a_postgres_study_and_take_up_a_killed_trial(
     postgres_url: str, implants: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     from finescale.eval.bench import TEST_METRICS
-    from finescale.eval.hpo import storage_url
-    from finescale.eval.hpo_report import load
+    from finescale.eval.hpo_report import load, storage_url
     from finescale.pipelines import get_pipeline
 
     for key, value in FAST_HEARTBEAT.items():
