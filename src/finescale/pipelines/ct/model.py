@@ -83,7 +83,6 @@ class SliceClassifier(Calibrated):
     ) -> None:
         super().__init__(loss)
         self.backbone, self.normalize, self.attention, self.pool, self.head = backbone, normalize, attention, pool, head
-        self.last_slice_weights: torch.Tensor | None = None
 
     @classmethod
     def from_config(cls, cfg: CTConfig, *, load_weights_: bool = True) -> SliceClassifier:
@@ -117,9 +116,7 @@ class SliceClassifier(Calibrated):
         return maps.mean(dim=(2, 3)).view(b, s, -1)
 
     def logits(self, batch: dict) -> torch.Tensor:
-        pooled = self.pool(self.slice_features(batch["slices"]))
-        if isinstance(pooled, tuple):  # attention pooling also gives the slice weights (B, S)
-            pooled, self.last_slice_weights = pooled
+        pooled, _slice_weights = self.pool(self.slice_features(batch["slices"]))  # every pool gives (B, D), (B, S)
         return self.head(pooled)
 
 
