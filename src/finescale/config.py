@@ -34,6 +34,8 @@ class TrainerConfig(Section):
     """Optimisation and hardware settings shared by every pipeline."""
 
     epochs: int = Field(10, ge=1, description="training epochs")
+    max_steps: int = Field(0, ge=0, description="stop after this many optimizer steps (0 = --epochs decides)")
+    val_every_n_steps: int = Field(0, ge=0, description="validate every N training steps (0 = after each epoch)")
     batch_size: int = Field(32, ge=1, description="batch size per device")
     lr: float = Field(1e-3, gt=0, description="base learning rate (AdamW)")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay (not applied to norms and biases)")

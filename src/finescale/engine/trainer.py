@@ -93,6 +93,10 @@ def build_trainer(
     return L.Trainer(
         default_root_dir=run_dir,
         max_epochs=cfg.epochs,
+        max_steps=cfg.max_steps or -1,  # iteration-based training (defects): whichever limit comes first
+        # every N steps, counted across epochs (None: Lightning's once per epoch)
+        val_check_interval=cfg.val_every_n_steps or None,
+        check_val_every_n_epoch=None if cfg.val_every_n_steps else 1,
         accelerator=cfg.accelerator,
         devices=cfg.devices,  # Lightning parses "auto", "2", "0,1", "-1"
         strategy=cfg.strategy,
