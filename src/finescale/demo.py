@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from finescale.eval.bench import ensure_data, run_variant
+from finescale.eval.bench import data_overrides, ensure_data, run_variant
 from finescale.eval.report import write_index
 from finescale.pipelines import PIPELINE_NAMES, get_pipeline
 from finescale.serialize import write_json
@@ -47,11 +47,7 @@ def run_demo(
     for name in tasks:
         pipeline = get_pipeline(name.strip())
         data_dir = ensure_data(pipeline, out / "data" / pipeline.name, n=n or pipeline.demo_size)
-        overrides: dict[str, Any] = {
-            "train_json": str(data_dir / "train.json"),
-            "val_json": str(data_dir / "val.json"),
-            **({"epochs": epochs} if epochs else {}),
-        }
+        overrides: dict[str, Any] = {**data_overrides(pipeline, data_dir), **({"epochs": epochs} if epochs else {})}
         run_dir = out / pipeline.name
         metrics = run_variant(
             pipeline,

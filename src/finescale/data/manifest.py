@@ -112,9 +112,12 @@ def _read_raw(path: Path) -> list[Any]:
         ) from None
     if isinstance(data, dict) and isinstance(data.get("records"), list):
         return data["records"]
+    if isinstance(data, dict) and isinstance(data.get("images"), list):  # COCO (defects): its images are the records
+        return data["images"]
     if not isinstance(data, list):
         raise FinescaleError(
-            f'manifest file {path} must hold a list of records or {{"records": [...]}}, not a {type(data).__name__}'
+            f"manifest file {path} must hold a list of records, {{\"records\": [...]}} or a COCO file with"
+            f" \"images\", not a {type(data).__name__}"
         )
     return data
 

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import Callback
 from finescale.config import RunConfig, save_config
 from finescale.data.manifest import Manifest
 from finescale.engine.callbacks import TrainingClock
+from finescale.engine.memory import peak_mb, reset_peak
 from finescale.engine.rundir import CONFIG, LAST, METRICS, check_run_dir
 from finescale.engine.trainer import build_trainer, seed_everything
 from finescale.errors import Interrupted
@@ -138,6 +139,7 @@ def fit(
     )
     if trainer.is_global_zero:
         save_config(cfg, run_dir / CONFIG)
+    reset_peak(task.device if task.device.type == "cuda" else None)
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     except SystemExit as stop:  # Lightning's ways out of a Ctrl-C (sys.exit(1)) and a SIGTERM (SIGTERMException)
@@ -151,6 +153,7 @@ def fit(
         "train_seconds": round(seconds, 2),
         "epochs_trained": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
+        "peak_memory_mb": round(peak_mb(task.device if task.device.type == "cuda" else None), 1),
         f"best_{task.monitor.replace('/', '_')}": float(best) if best is not None else None,
         **manifest_metrics(getattr(datamodule, "manifests", {})),
     }

@@ -22,6 +22,7 @@ from finescale.serialize import read_json, write_json
 
 log = logging.getLogger("finescale")
 TEST_METRICS = "test_metrics.json"
+RUN_COLUMNS = ("train_seconds", "peak_memory_mb")  # of the training, beside the test metrics of every row
 
 
 def ensure_data(pipeline: Pipeline, data_dir: Path, *, n: int, seed: int = 0) -> Path:
@@ -51,15 +52,21 @@ def run_variant(
     start = time.perf_counter()
     summary = pipeline.train(cfg, run_dir, resume=resume, callbacks=callbacks)
     seconds = time.perf_counter() - start
-    metrics = pipeline.evaluate(run_dir / "best.ckpt", test_json)  # also kept in the run's metrics.json and report
-    metrics = {**metrics, "train_seconds": summary.get("train_seconds", seconds)}
+    # also kept in the run's metrics.json and report; with the pipeline's extra evaluations of the data folder
+    options = pipeline.bench_eval_options(Path(test_json).parent) if pipeline.bench_eval_options else {}
+    metrics = pipeline.evaluate(run_dir / "best.ckpt", test_json, **options)
+    metrics = {
+        **metrics,
+        "train_seconds": summary.get("train_seconds", seconds),
+        "peak_memory_mb": summary.get("peak_memory_mb"),
+    }
     write_json(done, metrics)
     return metrics
 
 
 def summarise(name: str, seeds: Sequence[int], results: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict:
     row: dict[str, Any] = {"variant": name, "seeds": list(seeds)}
-    for key in (*metrics, "train_seconds"):
+    for key in (*metrics, *RUN_COLUMNS):
         values = np.array([r[key] for r in results if r.get(key) is not None], dtype=float)
         row[f"{key}_mean"] = float(values.mean()) if values.size else None
         row[f"{key}_std"] = float(values.std(ddof=1)) if values.size > 1 else 0.0
@@ -92,7 +99,7 @@ def run_bench(
         results = []
         for seed in seeds:
             log.info("bench %s: %s, seed %d", pipeline.name, name, seed)
-            run_overrides = {**_seed_overrides(overrides, seed, data_dir), **shared[seed], **table[name]}
+            run_overrides = {**_seed_overrides(pipeline, overrides, seed, data_dir), **shared[seed], **table[name]}
             run_dir = out / "runs" / name.replace("+", "plus_") / f"seed{seed}"
             results.append(
                 run_variant(
@@ -112,13 +119,20 @@ def run_bench(
     return write_bench(out, pipeline, preset, rows)
 
 
-def _seed_overrides(overrides: Mapping[str, Any] | None, seed: int, data_dir: Path) -> dict[str, Any]:
+def data_overrides(pipeline: Pipeline, data_dir: Path) -> dict[str, Any]:
+    """The manifests of a data folder as config overrides: train/val, and what else the pipeline reads from it."""
+    extra = pipeline.data_overrides(data_dir) if pipeline.data_overrides is not None else {}
+    return {"train_json": str(data_dir / "train.json"), "val_json": str(data_dir / "val.json"), **extra}
+
+
+def _seed_overrides(
+    pipeline: Pipeline, overrides: Mapping[str, Any] | None, seed: int, data_dir: Path
+) -> dict[str, Any]:
     return {
         **(overrides or {}),
         "seed": seed,
         "progress": False,
-        "train_json": str(data_dir / "train.json"),
-        "val_json": str(data_dir / "val.json"),
+        **data_overrides(pipeline, data_dir),
     }
 
 
@@ -138,7 +152,7 @@ def _shared_parts(
         pipeline.config_class,
         preset=preset,
         config_file=config_file,
-        overrides=_seed_overrides(overrides, seed, data_dir),
+        overrides=_seed_overrides(pipeline, overrides, seed, data_dir),
     )
     return pipeline.bench_shared(cfg, out / "shared" / f"seed{seed}")
 
@@ -162,11 +176,11 @@ def write_bench(out: Path, pipeline: Pipeline, preset: str, rows: list[dict]) ->
 
 
 def bench_markdown(result: Mapping[str, Any], metrics: Sequence[str]) -> str:
-    header = ["variant", "seeds", *metrics, "train s"]
+    header = ["variant", "seeds", *metrics, "train s", "peak MiB"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result["rows"]:
         cells = [row["variant"], str(len(row["seeds"])) if row["seeds"] else "-"]
-        for key in (*metrics, "train_seconds"):
+        for key in (*metrics, *RUN_COLUMNS):
             mean, std = row.get(f"{key}_mean"), row.get(f"{key}_std")
             cells.append("-" if mean is None else f"{mean:.3f} ± {std:.3f}" if row["seeds"] else f"{mean:.3f}")
         lines.append("| " + " | ".join(cells) + " |")

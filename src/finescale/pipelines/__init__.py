@@ -46,9 +46,11 @@ PIPELINE_NAMES: tuple[str, ...] = ("length", "dims", "puzzle", "ct")
 # Pipelines that `finescale demo` runs by default (all of them; `--tasks` picks a subset).
 DEMO_TASKS: tuple[str, ...] = ("length", "dims", "puzzle", "ct")
 
-# Keys every run writes the same way whatever the pipeline (engine/run.py): training time and steps, the best
-# validation score, and the manifest's record counts per split.
-_RUN_KEY = re.compile(r"^(train_seconds|epochs_trained|global_step|best_.+|(train|val)_(n_total|n_valid|skipped_.+))$")
+# Keys every run writes the same way whatever the pipeline (engine/run.py): training time, steps and peak memory,
+# the best validation score, and the manifest's record counts per split.
+_RUN_KEY = re.compile(
+    r"^(train_seconds|epochs_trained|global_step|peak_memory_mb|best_.+|(train|val)_(n_total|n_valid|skipped_.+))$"
+)
 
 
 class Predictor(Protocol):
@@ -92,6 +94,9 @@ class Pipeline:
     # (seed's config, folder) -> overrides: parts that every bench variant of one seed shares, trained once there
     bench_shared: Callable[..., dict[str, Any]] | None = None
     search: SearchSpace | None = None  # the hyperparameter search space of `finescale hpo <name>`
+    # (data folder) -> config overrides that every bench, demo and contract run on that folder needs beyond its
+    # train/val manifests (defects' unlabeled_json)
+    data_overrides: Callable[[Path], dict[str, Any]] | None = None
     # (data folder) -> extra `evaluate` options of every bench and demo run (e.g. ct's external split)
     bench_eval_options: Callable[[Path], dict[str, Any]] | None = None
     # (config read from a checkpoint) -> that config brought up to date: a field added since the checkpoint was
