@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 
@@ -60,3 +63,67 @@ def mix_targets(t1: torch.Tensor, t2: torch.Tensor, lam: float | torch.Tensor) -
     if lam.ndim == 1:
         lam = lam.view(-1, *([1] * (t1.ndim - 1)))
     return lam * t1 + (1 - lam) * t2
+
+
+# Detection (defects): the classification losses of the RPN (objectness) and the RoI head, injected into the detector.
+
+
+class DetectionClassLoss(nn.Module):
+    """Classification loss of a detector's sampled examples: focal (sigmoid) or cross-entropy, times ``weight``.
+
+    Two uses, told apart by the logits' rank:
+
+    - binary (RPN objectness): logits (N,), targets (N,) in {0, 1}; ``ce`` is binary cross-entropy on the logit.
+    - classes (RoI head): targets (N,) int64 labels in 0..C, 0 = background. ``focal``: logits (N, C), one sigmoid per
+      class and no background column, a background sample's target is the all-zero one-hot (mmdetection's
+      ``FocalLoss`` in a bbox head). ``ce``: logits (N, C + 1), softmax with column 0 the background (torchvision).
+
+    Normalisation (mmdetection's ``avg_factor``): the per-sample losses (focal: summed over the C classes) times the
+    optional per-sample ``sample_weights`` (N,) are summed and divided by ``avg_factor``, by default the sum of the
+    sample weights (N when none are given: the mean over sampled examples, torchvision's and mmdetection's RPN / RoI
+    normalisation; with Soft Teacher's soft background weights it is Soft Teacher's ``sum / max(weights.sum(), 1)``),
+    never below 1. The result is multiplied by ``weight``. ``alpha < 0`` turns the focal class weighting off; ``gamma``
+    and ``alpha`` are ignored by ``ce``.
+    """
+
+    def __init__(
+        self, kind: Literal["focal", "ce"] = "focal", *, gamma: float = 2.0, alpha: float = 0.25, weight: float = 1.0
+    ) -> None:
+        super().__init__()
+        if kind not in ("focal", "ce"):
+            raise ValueError(f"kind must be 'focal' or 'ce', got {kind!r}")
+        self.kind, self.gamma, self.alpha, self.weight = kind, gamma, alpha, weight
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, gamma={self.gamma}, alpha={self.alpha}, weight={self.weight}"
+
+    def per_sample(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Unreduced, unweighted loss of each sample: (N,) or (N, C / C + 1) logits, (N,) targets -> (N,)."""
+        if logits.ndim == 1:
+            soft = targets.to(logits.dtype)
+            if self.kind == "ce":
+                return F.binary_cross_entropy_with_logits(logits, soft, reduction="none")
+            return sigmoid_focal_loss(logits, soft, alpha=self.alpha, gamma=self.gamma, reduction="none")
+        if self.kind == "ce":
+            return F.cross_entropy(logits, targets.long(), reduction="none")
+        one_hot = F.one_hot(targets.long(), num_classes=logits.shape[1] + 1)[:, 1:].to(logits.dtype)
+        return sigmoid_focal_loss(logits, one_hot, alpha=self.alpha, gamma=self.gamma, reduction="none").sum(dim=1)
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        targets: torch.Tensor,
+        sample_weights: torch.Tensor | None = None,
+        avg_factor: float | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Weighted, normalised loss (a scalar; 0 with the graph kept when there are no samples)."""
+        losses = self.per_sample(logits, targets)
+        if sample_weights is not None:
+            losses = losses * sample_weights.to(losses.dtype)
+        if avg_factor is None:
+            avg_factor = losses.new_tensor(float(len(losses))) if sample_weights is None else sample_weights.sum()
+        return (
+            self.weight
+            * losses.sum()
+            / torch.as_tensor(avg_factor, dtype=losses.dtype, device=losses.device).clamp_min(1.0)
+        )
