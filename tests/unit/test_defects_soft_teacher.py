@@ -20,7 +20,6 @@ from finescale.pipelines.defects.soft_teacher import (
     pseudo_label_stats,
     soft_background_weights,
     unsupervised_losses,
-    warp_boxes,
 )
 
 # ------------------------------------------------------------------ pure parts
@@ -124,20 +123,6 @@ def test_pseudo_label_stats():
     assert pseudo_label_stats([det([], [])], [det([], [])])["kept_ratio"] == 0.0
 
 
-def test_warp_boxes_against_the_corners():
-    angle = torch.tensor(0.3)
-    matrix = torch.tensor(
-        [[angle.cos(), -angle.sin(), 5.0], [angle.sin(), angle.cos(), -2.0], [0.0, 0.0, 1.0]], dtype=torch.float32
-    )
-    box = torch.tensor([[10.0, 20.0, 30.0, 60.0]])
-    corners = torch.tensor([[10.0, 20.0, 1.0], [30.0, 20.0, 1.0], [10.0, 60.0, 1.0], [30.0, 60.0, 1.0]]) @ matrix.T
-    expected = torch.cat([corners[:, :2].min(0).values, corners[:, :2].max(0).values])[None]
-    torch.testing.assert_close(warp_boxes(box, matrix), expected)
-    # a flip and its inverse give the box back
-    flip = torch.tensor([[-1.0, 0.0, 64.0], [0.0, 1.0, 3.0], [0.0, 0.0, 1.0]])
-    torch.testing.assert_close(warp_boxes(warp_boxes(box, flip), torch.linalg.inv(flip)), box)
-
-
 # ------------------------------------------------------------------ the unsupervised step through a fake detector
 
 H, W = 64, 48
@@ -226,7 +211,15 @@ class FakeDetector(nn.Module):
         return [torch.zeros(len(b), 5) for b in boxes], bg
 
     def roi_losses(self, features, proposals, image_size, targets, *, background_weights=None, regression_targets=None):
-        self.record("roi", targets=targets, weights=background_weights, reg=regression_targets, proposals=proposals)
+        """The proposals stand for the sampled boxes, labelled as the real head does (IoU >= 0.5 -> the box's label)."""
+        labels = []
+        for p, t in zip(proposals, targets, strict=True):
+            iou = box_iou(p, t["boxes"]) if len(t["boxes"]) else torch.zeros(len(p), 1)
+            best, index = iou.max(dim=1)
+            matched = t["labels"][index] if len(t["boxes"]) else torch.zeros(len(p), dtype=torch.long)
+            labels.append(torch.where(best >= 0.5, matched, torch.zeros_like(matched)))
+        weights = background_weights(proposals, labels) if background_weights is not None else None
+        self.record("roi", targets=targets, weights=weights, reg=regression_targets, labels=labels)
         mean = features["p2"].mean()
         return {"roi_cls": 3 * mean, "roi_reg": 4 * mean}
 
@@ -328,3 +321,73 @@ def test_hard_background_and_no_views():
     student, teacher = FakeDetector(), FakeDetector()
     losses, stats = unsupervised_losses(student, teacher, batch, semi=SEMI, colour="seed", augment=fake_strong_view)
     assert stats == {} and all(v.item() == 0 for v in losses.values()) and "detect" not in teacher.calls
+
+
+# ------------------------------------------------------------------ with the real detector and strong views
+
+RH, RW = 128, 64
+
+
+def real_pair() -> tuple[nn.Module, nn.Module]:
+    """A tiny DefectDetector student and a teacher copy whose classifier is confident (bias 1: scores ~0.73)."""
+    import copy
+
+    from finescale.nn.detector import DefectDetector
+    from finescale.pipelines.defects.config import DefectsModelConfig
+
+    torch.manual_seed(0)
+    config = DefectsModelConfig(
+        backbone="test_resnet",
+        fpn_channels=16,
+        multiview=False,
+        rpn_batch_per_image=64,
+        roi_batch_per_image=32,
+        rpn_post_nms_train=100,
+        rpn_post_nms_test=50,
+        detections_per_image=20,
+    )
+    student = DefectDetector.from_config(config, 5, views=2)
+    teacher = copy.deepcopy(student).requires_grad_(False)
+    with torch.no_grad():
+        teacher.box_head.cls_score.bias.fill_(1.0)
+    return student, teacher
+
+
+def real_batch() -> dict[str, Tensor]:
+    g = torch.Generator().manual_seed(3)
+    images = torch.full((1, 2, 3, RH, RW), 0.5)
+    images[0, 0, :, 30:50, 10:50] = torch.rand(3, 20, 40, generator=g)  # a band across the tool
+    images[0, 1] = 0  # missing
+    return {"images": images, "view_mask": torch.tensor([[True, False]])}
+
+
+def real_step(semi: SemiConfig) -> tuple[nn.Module, nn.Module, dict, dict, dict]:
+    student, teacher = real_pair()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    torch.manual_seed(1)
+    losses, stats = unsupervised_losses(
+        student, teacher, real_batch(), semi=semi, colour="seed", generator=torch.Generator().manual_seed(2)
+    )
+    return student, teacher, before, losses, stats
+
+
+def test_real_detector_losses_are_finite_and_train_only_the_student():
+    student, teacher, before, losses, stats = real_step(SemiConfig())
+    assert set(losses) == {"unsup_rpn_cls", "unsup_rpn_reg", "unsup_roi_cls", "unsup_roi_reg"}
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    assert stats["pseudo_boxes"] > 0 and stats["cls_targets"] > 0 and 0 < stats["kept_ratio"] <= 1
+    assert 0 <= stats["reliable_share"] <= 1
+    sum(losses.values()).backward()
+    assert student.box_head.cls_score.weight.grad is not None and student.box_head.cls_score.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())
+    after = teacher.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # eval mode: not even batch-norm statistics move
+
+
+def test_real_detector_thresholds_of_one_leave_pure_background():
+    semi = SemiConfig(pseudo_score_thr=1.0, rpn_pseudo_thr=1.0, cls_pseudo_thr=1.0)
+    _, _, _, losses, stats = real_step(semi)
+    assert stats["pseudo_boxes"] == 0 and stats["kept_ratio"] == 0 and stats["teacher_detections"] > 0
+    assert losses["unsup_rpn_reg"].item() == 0 and losses["unsup_roi_reg"].item() == 0
+    assert losses["unsup_rpn_cls"].item() > 0 and losses["unsup_roi_cls"].item() > 0
+    assert all(torch.isfinite(v) for v in losses.values())

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import box_iou
 
 from finescale.pipelines.defects.config import SemiConfig
 
@@ -115,14 +114,6 @@ def pseudo_label_stats(
         for c in range(1, num_classes + 1):
             stats[f"pseudo_class_{c}"] = float(counts[c]) if counts is not None else 0.0
     return stats
-
-
-def warp_boxes(boxes: Tensor, matrix: Tensor) -> Tensor:
-    """The xyxy box enclosing each box's 4 corners mapped by the 3x3 affine ``matrix``: (K, 4) -> (K, 4)."""
-    x1, y1, x2, y2 = boxes.unbind(1)
-    corners = torch.stack([torch.stack(c, dim=1) for c in ((x1, y1), (x2, y1), (x1, y2), (x2, y2))], dim=1)
-    mapped = corners @ matrix[:2, :2].T.to(boxes) + matrix[:2, 2].to(boxes)  # (K, 4 corners, 2)
-    return torch.cat([mapped.amin(dim=1), mapped.amax(dim=1)], dim=1)
 
 
 # ------------------------------------------------------------------ the unsupervised step
@@ -230,7 +221,7 @@ def unsupervised_losses(
     for i, p in zip(present.tolist(), pseudo, strict=True):
         view = augment(strong[i], p["boxes"], colour=colour, generator=generator)
         strong[i] = view.image.to(strong)
-        matrices.append(torch.as_tensor(view.matrix, dtype=torch.float32, device=strong.device))
+        matrices.append(torch.as_tensor(view.matrix, dtype=torch.float64, device=strong.device))
         keep = view.keep.to(p["boxes"].device)
         boxes = view.boxes if view.boxes.shape[0] == int(keep.sum()) else view.boxes[keep]
         strong_pseudo.append({**{k: v[keep] for k, v in p.items() if k != "boxes"}, "boxes": boxes.to(p["boxes"])})
@@ -246,10 +237,13 @@ def unsupervised_losses(
     reg_targets = [as_target(p, p["rel_std"] < semi.jitter_max_std) for p in strong_pseudo]
     background_weights = None
     if semi.soft_background:
-        with torch.no_grad(), eval_mode(teacher):
-            background_weights = teacher_background_weights(
-                teacher, teacher_features, proposals, cls_targets, matrices, size, student
-            )
+
+        def background_weights(boxes: list[Tensor], labels: list[Tensor]) -> list[Tensor]:
+            # called by the RoI head with its sampled boxes [(S_i, 4)] (strong frame) and labels [(S_i,)], 0 = bg
+            with torch.no_grad(), eval_mode(teacher):
+                scores = teacher_background_scores(teacher, teacher_features, boxes, matrices, size)
+            return [soft_background_weights(bg, lab == 0) for bg, lab in zip(scores, labels, strict=True)]
+
     roi_losses = student.roi_losses(
         features, proposals, size, cls_targets, background_weights=background_weights, regression_targets=reg_targets
     )
@@ -271,36 +265,22 @@ def unsupervised_losses(
     return losses, stats
 
 
-def teacher_background_weights(
+def teacher_background_scores(
     teacher: nn.Module,
     teacher_features: OrderedDict[str, Tensor],
-    proposals: list[Tensor],
-    cls_targets: list[dict[str, Tensor]],
+    boxes: list[Tensor],
     matrices: list[Tensor],
     size: tuple[int, int],
-    student: nn.Module,
 ) -> list[Tensor]:
-    """Per image, the soft background weight of each student proposal (K_i,): the proposals go back into the weak
-    frame (inverse matrix), the teacher scores them there, and :func:`soft_background_weights` turns the background
-    scores of the proposals the student will call background (IoU with every class target below the RoI head's
-    foreground threshold) into weights. A proposal that lands wholly outside the weak image (the strong view's
-    padding) gets background score 1."""
-    height, width = size
+    """The teacher's background score (K_i,) of each student box [(K_i, 4)] of the strong views: each box goes back
+    into its weak view (the inverse of its weak -> strong ``matrix``, clipped to the image) and the teacher scores it
+    there. A box that lands wholly outside the weak image (the strong view's padding) scores 1: surely background."""
+    from finescale.data.detection_augment import map_boxes
+
     weak_boxes, outside = [], []
-    for boxes, matrix in zip(proposals, matrices, strict=True):
-        back = warp_boxes(boxes.detach(), torch.linalg.inv(matrix))
-        back[:, 0::2] = back[:, 0::2].clamp(0, width)
-        back[:, 1::2] = back[:, 1::2].clamp(0, height)
+    for b, matrix in zip(boxes, matrices, strict=True):
+        back, _ = map_boxes(b.detach(), torch.linalg.inv(matrix.double()), size)  # clipped to the weak image
         weak_boxes.append(back)
-        outside.append((back[:, 2] - back[:, 0] < 1e-3) | (back[:, 3] - back[:, 1] < 1e-3))
+        outside.append(((back[:, 2:] - back[:, :2]) < 1e-3).any(dim=1))
     _, background = teacher.class_scores(teacher_features, weak_boxes, size)
-    fg_thr = float(getattr(student, "fg_iou_thresh", 0.5))
-    weights = []
-    for boxes, bg, out, target in zip(proposals, background, outside, cls_targets, strict=True):
-        bg = torch.where(out, torch.ones_like(bg), bg)
-        if target["boxes"].shape[0]:
-            is_background = box_iou(boxes.detach(), target["boxes"].to(boxes)).amax(dim=1) < fg_thr
-        else:
-            is_background = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
-        weights.append(soft_background_weights(bg, is_background))
-    return weights
+    return [torch.where(out, torch.ones_like(bg), bg) for bg, out in zip(background, outside, strict=True)]
