@@ -8,7 +8,8 @@ student after every optimizer step:
 - **buffers** (BatchNorm running statistics and counters): copied from the student. Averaging running statistics
   would average averages that are themselves already moving, and the teacher never computes its own (it runs in eval
   mode), so the student's current ones are the best estimate for the teacher's nearly equal weights. (Soft Teacher's
-  mmdetection hook averages them instead; with ResNet + FPN under frozen or group norms the difference is nil.)
+  mmdetection hook averages the parameters only and leaves the buffers alone; its pretrained backbone's batch norms
+  are frozen, so its buffers never change. Trained from scratch here, the student's statistics do move.)
 """
 
 from __future__ import annotations
