@@ -37,9 +37,9 @@ def count_key() -> str:
 
 def bench_metric(*words: str) -> str:
     """The dims metric name (from the pipeline's ``bench_metrics``, never spelled out here) holding every word;
-    an ``unseen`` one only when asked."""
+    an ``unseen`` or ``raw`` (before snapping) one only when asked."""
     names = [m for m in get_pipeline("dims").bench_metrics if all(w in m for w in words)]
-    names = [m for m in names if ("unseen" in m) == ("unseen" in words)]
+    names = [m for m in names if all((kind in m) == (kind in words) for kind in ("unseen", "raw"))]
     assert len(names) == 1, (words, names)
     return names[0]
 

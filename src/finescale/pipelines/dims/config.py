@@ -52,10 +52,11 @@ class DimsRegressConfig(Section):
         "triple", description="how visual, company and model features are weighed"
     )
     attention_dim: int = Field(128, ge=4, description="width the three inputs are projected to before weighing")
-    embedding_source: Literal["soft", "hard", "features", "none"] = Field(
+    embedding_source: Literal["soft", "hard", "features", "none", "oracle"] = Field(
         "soft",
         description="soft: class embeddings weighted by the classifier's probabilities; hard: the arg-max class's "
-        "embedding; features: the classifier's penultimate features; none: image only (ablation)",
+        "embedding; features: the classifier's penultimate features; none: image only (ablation); oracle: the TRUE "
+        "class's embedding, in training and evaluation (the ceiling of the embeddings; needs labels, so no predict)",
     )
     use_company: bool = Field(True, description="feed the company embedding (off: zeros, an ablation)")
     use_model: bool = Field(True, description="feed the model embedding (off: zeros, an ablation)")

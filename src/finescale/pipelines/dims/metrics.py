@@ -1,9 +1,11 @@
 """Scores of the ``dims`` pipeline, in one place: what ``eval`` writes and what validation logs. Every key starts
 with ``dims_``. Inputs are per-image tensors (or arrays) on any device; labels are class indices, -1 for a name
-the vocabulary lacks (counted as a miss, never ignored)."""
+the vocabulary lacks (counted as a miss, never ignored). :func:`per_image_results` and :func:`per_image_classes`
+give the per-image rows ``eval`` writes beside its metrics (``predictions_<manifest>.json``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -66,3 +68,73 @@ def classify_metrics(arrays: dict[str, Any]) -> dict[str, Any]:
         "dims_top5_accuracy": topk_accuracy(arrays["probs"], arrays["true"], 5),
         "dims_n": int(_tensor(arrays["true"]).numel()),
     }
+
+
+def _correct(predicted: str, truth: Any) -> bool | None:
+    """Whether a classifier named the true label; None where the record gives no label (a name outside the
+    vocabulary is a miss, as in :func:`topk_accuracy`)."""
+    return None if not truth else predicted == truth
+
+
+def per_image_results(
+    records: Sequence[dict],
+    arrays: dict[str, Any],
+    *,
+    companies: Sequence[str],
+    models: Sequence[str],
+    unseen: Any | None = None,
+) -> list[dict[str, Any]]:
+    """One dict per image of a regressor's evaluation, in record order: the answered sizes (snapped when ``arrays``
+    holds ``raw_*``) beside the true ones and their absolute errors, both classifiers' top-1 names with the truth and
+    ``model_correct`` / ``company_classifier_correct`` (None where the record names none), and ``unseen`` when given.
+    The share of ``model_correct`` that is True over all images is ``dims_model_accuracy``. ``arrays``: (N,) sizes,
+    (N, K) ``company_probs`` / ``model_probs`` (see :func:`regression_metrics`)."""
+    arrays = {k: torch.as_tensor(v).cpu() for k, v in arrays.items()}
+    company_index, model_index = arrays["company_probs"].argmax(dim=1), arrays["model_probs"].argmax(dim=1)
+    rows = []
+    for i, record in enumerate(records):
+        row: dict[str, Any] = {"image": record.get("image")}
+        for size in ("length_mm", "diameter_mm"):
+            answer, truth = float(arrays[size][i]), float(arrays[f"true_{size}"][i])
+            row[size] = round(answer, 3)
+            if f"raw_{size}" in arrays:
+                row[f"raw_{size}"] = round(float(arrays[f"raw_{size}"][i]), 3)
+            row[f"true_{size}"] = truth
+            row[f"{size.removesuffix('_mm')}_error_mm"] = round(abs(answer - truth), 3)
+        model = models[int(model_index[i])]
+        company = companies[int(company_index[i])]
+        row.update(
+            {
+                "model": model,
+                "model_probability": round(float(arrays["model_probs"][i].max()), 4),
+                "true_model": record.get("model") or None,
+                "model_correct": _correct(model, record.get("model")),
+                "company_classifier": company,
+                "true_company": record.get("company") or None,
+                "company_classifier_correct": _correct(company, record.get("company")),
+            }
+        )
+        if unseen is not None:
+            row["unseen"] = bool(unseen[i])
+        rows.append(row)
+    return rows
+
+
+def per_image_classes(records: Sequence[dict], probs: Any, *, target: str, labels: Sequence[str]) -> list[dict]:
+    """One dict per image of a classifier's evaluation: its top-1 ``target`` name and probability, the truth and
+    ``correct`` (None where the record names none). ``probs`` (N, K) over ``labels``."""
+    probs = torch.as_tensor(probs).float().cpu()
+    rows = []
+    for record, p in zip(records, probs, strict=True):
+        name = labels[int(p.argmax())]
+        truth = record.get(target) or None
+        rows.append(
+            {
+                "image": record.get("image"),
+                target: name,
+                "probability": round(float(p.max()), 4),
+                f"true_{target}": truth,
+                "correct": _correct(name, truth),
+            }
+        )
+    return rows

@@ -90,16 +90,30 @@ class ImplantClassifier(nn.Module):
         return {"probs": probs, "index": probs.argmax(dim=1), "embedding": out["embedding"]}
 
 
-def class_embedding(classifier: ImplantClassifier, out: dict[str, torch.Tensor], source: str) -> torch.Tensor:
+def class_embedding(
+    classifier: ImplantClassifier, out: dict[str, torch.Tensor], source: str, labels: torch.Tensor | None = None
+) -> torch.Tensor:
     """What the regressor sees of a classifier, (B, E): ``soft`` = class embeddings weighted by the predicted
     probabilities (differentiable, hedges between similar classes), ``hard`` = the arg-max class's embedding (a
     fixed identity per class), ``features`` = the penultimate features themselves, ``none`` = zeros (an ablation:
-    the regressor sees the image only)."""
+    the regressor sees the image only), ``oracle`` = the embedding of the TRUE class, ``labels`` (B,) long (zeros
+    where a label is unknown, -1).
+
+    ``oracle`` measures the ceiling of the embeddings: what they give when the classifier is always right. It is
+    ``hard`` with the true label in place of the arg-max, so the regressor, its attention and its input widths stay
+    exactly those of the other rows (a one-hot would need other projection widths and a freshly learned table, so a
+    difference could come from that table rather than from knowing the class). The class rows are distinct vectors,
+    so they name the class as fully as a one-hot would."""
     if source == "none":
         return torch.zeros_like(out["embedding"])
     if source == "features":
         return out["embedding"]
     table = classifier.class_embeddings()
+    if source == "oracle":
+        if labels is None:
+            raise ValueError("the oracle embedding needs the true labels in the batch (company, model)")
+        known = (labels >= 0).unsqueeze(1).to(table.dtype)
+        return table[labels.clamp(min=0)] * known
     probs = out["logits"].softmax(dim=1)
     if source == "soft":
         return probs @ table
@@ -110,7 +124,8 @@ def class_embedding(classifier: ImplantClassifier, out: dict[str, torch.Tensor],
 
 class DimsRegressor(nn.Module):
     """Batch dict (see ``dims.data``) -> ``regression`` (B, 2) normalised (length, diameter), attention ``weights``,
-    and both classifiers' logits."""
+    and both classifiers' logits. With the ``oracle`` embedding source the batch must carry the true ``company`` and
+    ``model`` indices (B,) (training and evaluation batches do; a predict batch has the image only)."""
 
     def __init__(
         self,
@@ -195,8 +210,8 @@ class DimsRegressor(nn.Module):
         model = self.model_embedder(images)
         fused, weights = self.attention(
             self.visual(images),
-            class_embedding(self.company_embedder, company, self.sources["company"]),
-            class_embedding(self.model_embedder, model, self.sources["model"]),
+            class_embedding(self.company_embedder, company, self.sources["company"], batch.get("company")),
+            class_embedding(self.model_embedder, model, self.sources["model"], batch.get("model")),
         )
         return {
             "regression": self.head(fused),

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from finescale.engine.predictor import BatchedImagePredictor
+from finescale.errors import FinescaleError
 from finescale.eval.uncertainty import mc_dropout_per_item
 from finescale.pipelines.dims.catalogue import maker_of, snap_to_catalogue
 from finescale.pipelines.dims.data import prepare_image
@@ -43,6 +44,11 @@ class DimsPredictor(BatchedImagePredictor):
         device: str = "auto",
     ) -> None:
         super().__init__(task, batch_size=batch_size, num_workers=num_workers, device=device)
+        if self.cfg.stage == "regress" and self.cfg.regress.embedding_source == "oracle":
+            raise FinescaleError(
+                "this regressor was trained with oracle embeddings (the true company and model, a bench measurement):"
+                " it cannot predict images whose names are unknown; `finescale dims eval` scores it on a manifest"
+            )
         self.mc_samples = self.cfg.regress.mc_samples if mc_samples is None else mc_samples
 
     def prepare(self, image: np.ndarray) -> dict[str, torch.Tensor]:

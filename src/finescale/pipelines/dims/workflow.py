@@ -28,9 +28,15 @@ from finescale.pipelines import prefix_metrics
 from finescale.pipelines.dims.catalogue import read_catalogue
 from finescale.pipelines.dims.config import TARGETS, DimsConfig
 from finescale.pipelines.dims.data import DimsDataModule, combination, load_records, make_dataset, read_vocabularies
-from finescale.pipelines.dims.metrics import classify_metrics, regression_metrics
+from finescale.pipelines.dims.metrics import (
+    classify_metrics,
+    per_image_classes,
+    per_image_results,
+    regression_metrics,
+)
 from finescale.pipelines.dims.predict import DimsPredictor
 from finescale.pipelines.dims.task import DimsClassifierTask, DimsRegressionTask
+from finescale.serialize import write_json
 
 log = logging.getLogger("finescale")
 TITLE = "finescale dims: implant length and diameter via company and model embeddings"
@@ -174,8 +180,10 @@ def evaluate(
     """Metrics of a dims checkpoint (regressor or classifier) on ``manifest`` (``dims/metrics.py``), recorded in
     ``out`` (default: the run's metrics.json, under ``eval`` -> the manifest), with plots and the report beside
     it. A regressor is also scored on the records whose (model, length, diameter) combination is absent from
-    ``train_json`` (default: the run's training manifest). The model runs on ``device`` (``auto``: CUDA when
-    present)."""
+    ``train_json`` (default: the run's training manifest); its metrics hold both classifiers' top-1 accuracy
+    (``dims_company_accuracy``, ``dims_model_accuracy``) beside the sizes. Per-image answers, with whether the
+    classifiers named the truth, go to ``predictions_<manifest stem>.json`` beside ``out``
+    (:func:`per_image_results`). The model runs on ``device`` (``auto``: CUDA when present)."""
     ckpt = resolve_checkpoint(checkpoint)
     out = Path(out) if out else ckpt.parent / METRICS
     task = load_task(ckpt, pipeline="dims")
@@ -188,6 +196,7 @@ def evaluate(
         arrays = collect(task, data.records, device)
         metrics = classify_metrics({"probs": arrays["probs"], "true": arrays[f"true_{target}"]})
         figures = [_confusion(arrays, target, cfg.labels(target), plot_dir)]
+        rows = per_image_classes(data.records, arrays["probs"], target=target, labels=cfg.labels(target))
     else:
         data = load_records(manifest)
         arrays = collect(task, data.records, device)
@@ -200,6 +209,11 @@ def evaluate(
             metrics.update({k.replace("dims_", "dims_raw_", 1): v for k, v in raw.items() if k.endswith("mae_mm")})
         arrays = snapped
         figures = regression_figures(arrays, plot_dir) + [_confusion(arrays, "model", cfg.data.models, plot_dir)]
+        rows = per_image_results(
+            data.records, arrays, companies=cfg.data.companies, models=cfg.data.models, unseen=unseen
+        )
+    per_image = write_json(out.parent / f"predictions_{Path(manifest).stem}.json", rows)
+    log.info("per-image results: %s", per_image)
     metrics.update(prefix_metrics("dims", skipped_counts("eval", data)))
     return finish_evaluation(out, manifest, metrics, run_dir=ckpt.parent, title=TITLE, figures=figures)
 
