@@ -99,12 +99,16 @@ class PuzzleIndex:
     descriptors: np.ndarray | None = None  # (N, 128) float32
 
 
+MATCHERS = ("sift", "template")  # what ``--matcher`` offers; the first is the default
+
+
 class ClassicalMatcher:
     """Find a piece photo in a puzzle picture without training: SIFT + RANSAC, else masked template matching.
 
-    ``method="auto"`` tries SIFT first and falls back to templates when fewer than ``min_inliers`` matches agree;
-    ``method="template"`` uses templates only. Each template search correlates the 4 quarter turns x ``scales`` on the
-    puzzle reduced by up to ``coarse_factor``, then refines the best ``candidates`` at full resolution. The last
+    ``method="sift"`` (the default; ``"auto"`` is its earlier name) tries SIFT first and falls back to templates when
+    fewer than ``min_inliers`` matches agree; ``method="template"`` uses templates only. Each template search
+    correlates the 4 quarter turns x ``scales`` on the puzzle reduced by up to ``coarse_factor``, then refines the
+    best ``candidates`` at full resolution. The last
     ``cache_size`` puzzles' reduced copies and SIFT features are kept (keyed by ``key`` or a hash of the pixels), so
     matching many pieces of one puzzle pays for its features once.
     """
@@ -112,7 +116,7 @@ class ClassicalMatcher:
     def __init__(
         self,
         *,
-        method: Literal["auto", "template"] = "auto",
+        method: Literal["sift", "template", "auto"] = "sift",
         scales: Sequence[float] = (0.9, 1.0, 1.1),
         coarse_scales: Sequence[float] | None = None,
         coarse_factor: int = 4,
@@ -123,8 +127,9 @@ class ClassicalMatcher:
         sift_tile: int = 768,
         cache_size: int = 2,
     ) -> None:
-        if method not in ("auto", "template"):
-            raise ValueError(f"method must be 'auto' or 'template', got {method!r}")
+        method = "sift" if method == "auto" else method
+        if method not in MATCHERS:
+            raise ValueError(f"method must be one of {', '.join(MATCHERS)}, got {method!r}")
         self.method = method
         self.scales = tuple(float(s) for s in scales)
         self.coarse_scales = self.scales if coarse_scales is None else tuple(float(s) for s in coarse_scales)
@@ -156,7 +161,7 @@ class ClassicalMatcher:
         index = self.index_of(as_rgb_uint8(puzzle), key)
         piece = as_rgb_uint8(piece)
         mask = piece_mask(piece)
-        result = self._match_sift(index, piece, mask) if self.method == "auto" else None
+        result = self._match_sift(index, piece, mask) if self.method == "sift" else None
         return result if result is not None else self._match_template(index, piece, mask)
 
     def match_many(self, puzzle: np.ndarray, pieces: Sequence[np.ndarray]) -> list[dict]:

@@ -1,7 +1,8 @@
 """``finescale puzzle train|eval|predict``. ``eval`` and ``predict`` place pieces by ``--method classical`` (the
-training-free matcher: the default without a checkpoint), ``hybrid`` (the default with a ``--checkpoint``: the
-trained model proposes, the classical matcher verifies and falls back to its own search) or ``learned`` (the model
-alone); ``predict`` takes one ``--puzzle`` picture and any number of piece photos or folders."""
+training-free matcher: the default without a checkpoint; ``--matcher sift|template`` picks SIFT first or templates
+only), ``hybrid`` (the default with a ``--checkpoint``: the trained model proposes, the classical matcher verifies
+and falls back to its own search) or ``learned`` (the model alone); ``predict`` takes one ``--puzzle`` picture and
+any number of piece photos or folders."""
 
 from __future__ import annotations
 
@@ -23,6 +24,14 @@ METHOD = {
             help="classical (SIFT / template matching, no training; the default without --checkpoint), hybrid"
             " (learned proposals verified by template matching; the default with --checkpoint) or learned (the model"
             " alone)",
+        ),
+    ],
+    "matcher": Annotated[
+        str | None,
+        typer.Option(
+            "--matcher",
+            help="classical: sift (SIFT + RANSAC, templates where too few matches agree; the default) or template"
+            " (masked template matching only)",
         ),
     ],
     "proposals": Annotated[

@@ -31,7 +31,7 @@ from finescale.engine.predictor import (
     resolve_device,
 )
 from finescale.errors import FinescaleError
-from finescale.pipelines.puzzle.classical import Candidate, ClassicalMatcher, PreparedPiece, PuzzleIndex
+from finescale.pipelines.puzzle.classical import MATCHERS, Candidate, ClassicalMatcher, PreparedPiece, PuzzleIndex
 from finescale.pipelines.puzzle.piece_photo import as_rgb_uint8, piece_mask
 from finescale.pipelines.puzzle.whole_puzzle import locate
 
@@ -96,7 +96,8 @@ class PuzzlePredictor(FilePredictor):
 
 
 class ClassicalPredictor(FilePredictor):
-    """The training-free matcher (SIFT + RANSAC, else masked template matching) behind the same interface."""
+    """The training-free matcher (SIFT + RANSAC, else masked template matching; or templates only) behind the same
+    interface; each result says which of the two placed the piece (``matched_by``: ``sift`` or ``template``)."""
 
     method = "classical"
 
@@ -108,7 +109,15 @@ class ClassicalPredictor(FilePredictor):
         puzzle = as_rgb_uint8(puzzle)
         key = self.matcher.fingerprint(puzzle)  # hashed once for all pieces, as match_many does
         found = [self.matcher.match(puzzle, piece, key=key) for piece in shown(pieces, progress, "placing pieces")]
-        return [{"box": r["box"], "rotation": int(r["rotation"]), "confidence": float(r["confidence"])} for r in found]
+        return [
+            {
+                "box": r["box"],
+                "rotation": int(r["rotation"]),
+                "confidence": float(r["confidence"]),
+                "matched_by": r["method"],
+            }
+            for r in found
+        ]
 
 
 class HybridPredictor(FilePredictor):
@@ -242,7 +251,8 @@ def predict_files(
     progress: bool = False,
 ) -> list[dict]:
     """Per piece ``{"piece", "box" [x1, y1, x2, y2] puzzle pixels, "rotation" k, "rotation_deg", "confidence",
-    "method"}`` (``{"piece", "error"}`` for a photo that cannot be read); with ``overlay`` the boxes are drawn on
+    "method"}`` plus ``fallback`` (hybrid) or ``matched_by`` (classical: ``sift`` or ``template``)
+    (``{"piece", "error"}`` for a photo that cannot be read); with ``overlay`` the boxes are drawn on
     the puzzle and written there as PNG. The photos are decoded in DataLoader workers, then placed in one call, so
     the puzzle is encoded once for all of them."""
     if puzzle is None:
@@ -295,6 +305,7 @@ def predict_files(
                 "confidence": round(float(r["confidence"]), 4),
                 "method": predictor.method,
                 **({"fallback": bool(r["fallback"])} if "fallback" in r else {}),
+                **({"matched_by": r["matched_by"]} if "matched_by" in r else {}),
             }
         )
     if overlay is not None:
@@ -366,6 +377,7 @@ def puzzle_predictor(
     task: Any | None = None,
     *,
     method: str | None = None,
+    matcher: str | None = None,
     proposals: int | None = None,
     accept: float | None = None,
     batch_size: int = 32,
@@ -374,16 +386,23 @@ def puzzle_predictor(
 ) -> FilePredictor:
     """The puzzle pipeline's ``predictor_class``: the placing method by name, ``hybrid`` (the default with a trained
     ``task``: learned proposals, classical verification, with its ``proposals`` and ``accept`` options),
-    ``learned`` (the model alone) or ``classical`` (the default without a task: no training)."""
+    ``learned`` (the model alone) or ``classical`` (the default without a task: no training), whose ``matcher`` is
+    ``sift`` (SIFT + RANSAC, else templates; the default) or ``template`` (masked template matching only)."""
     method = method or ("hybrid" if task is not None else "classical")
     if method not in METHODS:
         raise FinescaleError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     hybrid = {k: v for k, v in (("proposals", proposals), ("accept", accept)) if v is not None}
     if hybrid and method != "hybrid":
         raise FinescaleError(f"--{' and --'.join(hybrid)} only apply to --method hybrid, not {method}")
+    if matcher is not None and method != "classical":
+        raise FinescaleError(
+            f"--matcher only applies to --method classical, not {method} (the hybrid verifies with templates only)"
+        )
+    if matcher is not None and matcher not in MATCHERS:
+        raise FinescaleError(f"--matcher must be one of {', '.join(MATCHERS)}, got {matcher!r}")
     reading = {"batch_size": batch_size, "num_workers": num_workers}
     if method == "classical":
-        return ClassicalPredictor(**reading)
+        return ClassicalPredictor(ClassicalMatcher(method=matcher or MATCHERS[0]), **reading)
     if task is None:
         raise FinescaleError(
             f"--method {method} needs --checkpoint (or use --method classical, which needs no training)"

@@ -111,16 +111,20 @@ def evaluate(
     out: str | Path | None = None,
     *,
     method: str | None = None,
+    matcher: str | None = None,
     proposals: int | None = None,
     accept: float | None = None,
     device: str = "auto",
 ) -> dict[str, Any]:
     """Place every piece of ``manifest`` in its whole puzzle by ``method`` (:func:`puzzle_predictor`: hybrid with a
-    checkpoint, classical without; ``classical`` needs no checkpoint but an ``out``); metrics (``metrics.py``)
+    checkpoint, classical without; ``classical`` needs no checkpoint but an ``out``, and its ``matcher`` is ``sift``
+    or ``template``); metrics (``metrics.py``)
     recorded in ``out`` (default: the run's metrics.json, under ``eval`` -> the manifest), with overlays,
     correlation maps and the report beside it."""
     task = load_task(checkpoint, pipeline="puzzle") if checkpoint is not None else None
-    predictor = puzzle_predictor(task, method=method, proposals=proposals, accept=accept, device=device)
+    predictor = puzzle_predictor(
+        task, method=method, matcher=matcher, proposals=proposals, accept=accept, device=device
+    )
     if checkpoint is None and out is None:
         raise FinescaleError(
             "the classical matcher (the default without --checkpoint) has no run directory: give --out FILE.json"
@@ -154,7 +158,7 @@ def classical_baseline(train_json: str | Path, test_json: str | Path) -> dict[st
     data = load_records(test_json)
     rows = {}
     for name, matcher in (
-        ("classical", ClassicalMatcher()),
+        ("classical", ClassicalMatcher(method="sift")),
         ("classical-template", ClassicalMatcher(method="template")),
     ):
         rows[name] = score_placements(data.records, place_records(ClassicalPredictor(matcher), data.records))
