@@ -31,6 +31,13 @@ FULL_PRESETS: dict[str, dict[str, Any]] = {
     "dims": {"backbone": "vit_base_patch16_224", "image_size": 224, "embedding_dim": 256},
     "puzzle": {"backbone": "resnet18", "fpn_channels": 256},
     "ct": {"backbone": "resnet50", "shape": [240, 480, 480], "spacing": [1.5, 0.75, 0.75], "image_size": 288},
+    "defects": {
+        "backbone": "resnet50",
+        "fpn_channels": 256,
+        "image_height": 720,
+        "image_width": 256,
+        "pool_tokens": 2048,
+    },
 }
 ACCELERATORS = [
     "cpu",
@@ -114,6 +121,7 @@ def test_train_resume_eval_predict_load(synthetic: tuple[str, Path], accelerator
     weights = backbone_weights(name, tmp_path)
     common = [*flags(dict(pipeline.smoke)), "--accelerator", accelerator, "--no-progress"]
     common += ["--checkpoint-every-n-steps", "1", "--train-json", data / "train.json", "--val-json", data / "val.json"]
+    common += flags(pipeline.data_overrides(data)) if pipeline.data_overrides else []  # defects' unlabeled images
 
     # train with a --weights file, then delete it: nothing after training may need it again
     summary = json.loads(run_cli(name, "train", "--out", run, *common, "--weights", weights).stdout)

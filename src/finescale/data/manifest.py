@@ -116,8 +116,8 @@ def _read_raw(path: Path) -> list[Any]:
         return data["images"]
     if not isinstance(data, list):
         raise FinescaleError(
-            f"manifest file {path} must hold a list of records, {{\"records\": [...]}} or a COCO file with"
-            f" \"images\", not a {type(data).__name__}"
+            f'manifest file {path} must hold a list of records, {{"records": [...]}} or a COCO file with'
+            f' "images", not a {type(data).__name__}'
         )
     return data
 

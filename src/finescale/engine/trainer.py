@@ -33,6 +33,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", ".*exists and is not empty.*")  # our run directory holds config.yaml first
+    # frozen parts (defects' EMA teacher, dims' frozen classifiers) are in eval mode on purpose
+    warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode at the start of training.*")
     # Lightning gives its package logger a handler of its own ("INFO: ..."); where the application has configured
     # the root logger (the CLI has), every Lightning line then came out twice. One handler: the application's.
     if logging.getLogger().handlers:

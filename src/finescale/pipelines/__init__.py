@@ -42,14 +42,14 @@ from typing import Any, Protocol
 
 from finescale.errors import FinescaleError
 
-PIPELINE_NAMES: tuple[str, ...] = ("length", "dims", "puzzle", "ct")
+PIPELINE_NAMES: tuple[str, ...] = ("length", "dims", "puzzle", "ct", "defects")
 # Pipelines that `finescale demo` runs by default (all of them; `--tasks` picks a subset).
-DEMO_TASKS: tuple[str, ...] = ("length", "dims", "puzzle", "ct")
+DEMO_TASKS: tuple[str, ...] = ("length", "dims", "puzzle", "ct", "defects")
 
 # Keys every run writes the same way whatever the pipeline (engine/run.py): training time, steps and peak memory,
 # the best validation score, and the manifest's record counts per split.
 _RUN_KEY = re.compile(
-    r"^(train_seconds|epochs_trained|global_step|peak_memory_mb|best_.+|(train|val)_(n_total|n_valid|skipped_.+))$"
+    r"^(train_seconds|epochs_trained|global_step|peak_memory_mb|best_.+|(train|val|unlabeled)_(n_total|n_valid|skipped_.+))$"
 )
 
 

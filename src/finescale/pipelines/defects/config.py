@@ -19,6 +19,9 @@ PREVIOUS_ANCHOR_RATIOS = [0.2, 0.35, 0.5, 1.0, 2.0]
 
 
 class DefectsDataConfig(Section):
+    categories: list[str] = Field(
+        [], description="class names in label order; filled from --train-json's categories when left empty"
+    )
     unlabeled_json: Path | None = Field(None, description="COCO file of unlabeled images (Soft Teacher's data)")
     views: int = Field(8, ge=1, description="views per tool (images sharing a group_id); 1 = every image alone")
     image_height: int = Field(288, ge=32, description="height every view is resized to (720 in full)")
