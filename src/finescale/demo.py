@@ -47,7 +47,11 @@ def run_demo(
     for name in tasks:
         pipeline = get_pipeline(name.strip())
         data_dir = ensure_data(pipeline, out / "data" / pipeline.name, n=n or pipeline.demo_size)
-        overrides: dict[str, Any] = {**data_overrides(pipeline, data_dir), **({"epochs": epochs} if epochs else {})}
+        overrides: dict[str, Any] = {
+            **pipeline.demo_overrides,
+            **data_overrides(pipeline, data_dir),
+            **({"epochs": epochs} if epochs else {}),
+        }
         run_dir = out / pipeline.name
         metrics = run_variant(
             pipeline,

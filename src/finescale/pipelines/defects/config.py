@@ -37,7 +37,9 @@ class DefectsModelConfig(Section):
     pretrained: bool = Field(False, description="load timm's pretrained weights (needs them cached locally)")
     weights: str | None = Field(None, description="state-dict file to load into the backbone")
     fpn_channels: int = Field(64, ge=8, description="FPN channels (256 in full)")
-    anchor_sizes: list[int] = Field([16, 32, 64, 128], description="anchor side per level P2..P5 in pixels")
+    anchor_sizes: list[int] = Field(
+        [12, 24, 48, 96], description="anchor side per level P2..P5 in pixels (32..256 in full)"
+    )
     anchor_ratios: list[float] = Field(
         SEED_ANCHOR_RATIOS, description="anchor aspect ratios, height / width (the seed's targeted set)"
     )
@@ -79,7 +81,7 @@ class DefectsModelConfig(Section):
 
 class SemiConfig(Section):
     semi_supervised: bool = Field(True, description="Soft Teacher: also learn from --unlabeled-json via an EMA teacher")
-    unsup_ratio: int = Field(4, ge=1, description="unlabeled tools per labeled tool in a batch (the seed's 1:4)")
+    unsup_ratio: int = Field(1, ge=1, description="unlabeled tools per labeled tool in a batch (the seed's 4 in full)")
     unsup_weight: float = Field(4.0, ge=0, description="weight of the unsupervised losses")
     ema_momentum: float = Field(0.999, ge=0, lt=1, description="teacher = EMA of the student, every step")
     pseudo_score_thr: float = Field(0.4, ge=0, le=1, description="teacher boxes kept as pseudo labels (ST: 0.5)")
@@ -89,7 +91,9 @@ class SemiConfig(Section):
     jitter_n: int = Field(10, ge=2, description="box jitters per pseudo box for the regression reliability")
     jitter_scale: float = Field(0.06, gt=0, description="jitter offset std as a fraction of the box size")
     jitter_max_std: float = Field(0.02, gt=0, description="pseudo boxes regressed only below this mean relative std")
-    unsup_warmup_steps: int = Field(0, ge=0, description="supervised-only steps before the unsupervised loss starts")
+    unsup_warmup_steps: int = Field(
+        100, ge=0, description="supervised-only steps before the unsupervised loss starts (0 in full)"
+    )
     predict_with: Literal["teacher", "student"] = Field("teacher", description="which weights eval and predict use")
 
 
@@ -97,7 +101,7 @@ class DefectsConfig(RunConfig):
     pipeline: Literal["defects"] = "defects"
     trainer: TrainerConfig = Field(
         default_factory=lambda: TrainerConfig(
-            epochs=1000, max_steps=300, val_every_n_steps=100, batch_size=1, lr=1e-3, warmup_epochs=0.0
+            epochs=1000, max_steps=200, val_every_n_steps=100, batch_size=1, lr=2e-3, warmup_epochs=0.0
         )
     )
     model: DefectsModelConfig = Field(default_factory=DefectsModelConfig)
