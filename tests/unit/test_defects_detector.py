@@ -92,7 +92,7 @@ def test_shapes_of_the_pieces():
 
 
 def test_anchors_per_place_follow_the_seed_ratios_as_height_over_width():
-    model = build(anchor_ratios=SEED_ANCHOR_RATIOS)
+    model = build(anchor_ratios=SEED_ANCHOR_RATIOS, anchor_sizes=[16, 32, 64, 128])
     rpn = model.proposal_net
     assert rpn.head.cls_logits.out_channels == 7 and rpn.head.bbox_pred.out_channels == 28
     features = model.features(torch.rand(1, 1, 3, H, W), torch.ones(1, 1, dtype=torch.bool))
