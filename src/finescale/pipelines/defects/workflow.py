@@ -123,7 +123,7 @@ def evaluate(
     metrics = coco_metrics(gt, results)
     per_class = {c["name"]: metrics.get(f"ap_{snake(c['name'])}") for c in categories}
     table = efficiency_table(gt, per_class)
-    metrics = prefix_metrics("defects", {**metrics, **skipped_counts("eval", data)})
+    metrics = prefix_metrics("defects", {**metrics, "n": len(evaluated), **skipped_counts("eval", data)})
     metrics.update({f"defects_efficiency_{snake(row['class'])}": row["efficiency"] for row in table})
     write_results(out.parent / f"detections_{Path(manifest).stem}.json", results)
     figures = evaluation_figures(out.parent / "plots", gt, results, table, Path(manifest).parent)
