@@ -29,11 +29,11 @@ def puzzles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_matcher_option_picks_the_classical_matchers_method():
-    assert puzzle_predictor(None).matcher.method == "sift"  # the default stays SIFT first
+    assert puzzle_predictor(None).matcher.method == "template"  # the default since benchmarks/puzzle_sift.py
     chosen = puzzle_predictor(None, method="classical", matcher="template")
     assert isinstance(chosen, ClassicalPredictor) and chosen.matcher.method == "template"
     assert ClassicalMatcher(method="auto").method == "sift"  # the earlier name still works in Python
-    with pytest.raises(FinescaleError, match="--matcher must be one of sift, template"):
+    with pytest.raises(FinescaleError, match="--matcher must be one of template, sift"):
         puzzle_predictor(None, matcher="orb")
     for method in ("hybrid", "learned"):  # both verify or place without the classical search: refused, not ignored
         with pytest.raises(FinescaleError, match="--matcher only applies to --method classical"):
