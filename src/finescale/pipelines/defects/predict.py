@@ -124,7 +124,7 @@ class DefectsPredictor:
         self.device = resolve_device(device)
         self.model = model.eval().to(self.device)
         if score_threshold is not None:
-            self.model.score_threshold = score_threshold
+            self.model.box_head.score_threshold = score_threshold  # where detect() reads it
         self.batch_size, self.num_workers = batch_size, num_workers
 
     def predict(
