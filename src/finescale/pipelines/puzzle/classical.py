@@ -105,14 +105,14 @@ MATCHERS = ("template", "sift")
 
 
 class ClassicalMatcher:
-    """Find a piece photo in a puzzle picture without training: SIFT + RANSAC, else masked template matching.
+    """Find a piece photo in a puzzle picture without training: masked template matching, or SIFT + RANSAC first.
 
-    ``method="template"`` (the default) uses masked template matching only; ``method="sift"`` (``"auto"`` is its
-    earlier name) tries SIFT first and falls back to templates when fewer than ``min_inliers`` matches agree. Each template search
-    correlates the 4 quarter turns x ``scales`` on the puzzle reduced by up to ``coarse_factor``, then refines the
-    best ``candidates`` at full resolution. The last
-    ``cache_size`` puzzles' reduced copies and SIFT features are kept (keyed by ``key`` or a hash of the pixels), so
-    matching many pieces of one puzzle pays for its features once.
+    ``method="template"`` (the default) uses masked template matching only; ``method="sift"`` (``"auto"`` is its earlier
+    name) tries SIFT first and falls back to templates when fewer than ``min_inliers`` matches agree. Each template
+    search correlates the 4 quarter turns x ``scales`` on the puzzle reduced by up to ``coarse_factor``, then
+    refines the best ``candidates`` at full resolution. The last ``cache_size`` puzzles' reduced copies and SIFT
+    features are kept (keyed by ``key`` or a hash of the pixels), so matching many pieces of one puzzle pays for its
+    features once.
     """
 
     def __init__(

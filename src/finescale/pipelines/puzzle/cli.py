@@ -1,8 +1,8 @@
 """``finescale puzzle train|eval|predict``. ``eval`` and ``predict`` place pieces by ``--method classical`` (the
 training-free matcher: the default without a checkpoint; ``--matcher template|sift`` picks templates only (the
-default) or SIFT first), ``hybrid`` (the default with a ``--checkpoint``: the trained model proposes, the classical matcher verifies
-and falls back to its own search) or ``learned`` (the model alone); ``predict`` takes one ``--puzzle`` picture and
-any number of piece photos or folders."""
+default) or SIFT first), ``hybrid`` (the default with a ``--checkpoint``: the trained model proposes, the classical
+matcher verifies and falls back to its own search) or ``learned`` (the model alone); ``predict`` takes one
+``--puzzle`` picture and any number of piece photos or folders."""
 
 from __future__ import annotations
 
