@@ -96,8 +96,10 @@ def test_soft_teacher_run_killed_then_resumed_to_max_steps(tools: Path, tmp_path
 def test_anchors_table_and_group_helper(tools: Path, tmp_path: Path):
     result = finescale("defects", "anchors", "--json", tools / "train.json")
     report = json.loads(result.stdout)
-    assert "severe_rust" in result.stderr.lower().replace(" ", "_") or "Severe_Rust" in result.stderr
-    assert report  # the JSON side of the table
+    assert "Severe_Rust" in result.stderr  # the table, on stderr
+    rows = {row["class"]: row for row in report["rows"]}  # the JSON side: every class, both ratio sets
+    assert {"Severe_Rust", "Chipped", "all"} <= set(rows)
+    assert 0 <= rows["all"]["cover_0.5_default"] <= 1 and 0 <= rows["all"]["cover_0.5_targeted"] <= 1
 
     # a COCO file without the view-group fields is refused with the way out; `group` fills them from file names
     coco = json.loads((tools / "val.json").read_text())

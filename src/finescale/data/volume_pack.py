@@ -31,11 +31,11 @@ import multiprocessing
 import os
 import time
 import uuid
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ import fsspec
 
 from finescale.data.ct_grid import to_grid
 from finescale.data.ct_io import read_volume, volume_stem
+from finescale.data.pack_stats import Tally, pack_stats, summary_line
 from finescale.data.volume_sources import PackItem, _is_url, discover
 from finescale.data.volume_store import (
     DEFAULT_CODEC,
@@ -62,8 +63,6 @@ __all__ = ["pack"]
 log = logging.getLogger(__name__)
 
 INDEX_EVERY_SECONDS = 30.0  # index.json is a cache of the files' own meta: rewriting it now and then is enough
-MAX_LISTED_SKIPS = 50
-MB = 1e6
 
 
 # ------------------------------------------------------------------------------------------------------- workers
@@ -192,94 +191,6 @@ def _remove_temporaries(root: Path, token: str = "") -> None:
         temp.unlink(missing_ok=True)
 
 
-@dataclass
-class _Tally:
-    """Counts of one pack run."""
-
-    packed: int = 0
-    already_stored: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    skipped_files: list[dict[str, str]] = field(default_factory=list)
-    bad_names: set[str] = field(default_factory=set)
-    budget_reached: bool = False
-    not_packed: int = 0
-
-    def skip(self, item: PackItem, reason: str, error: str = "") -> None:
-        self.skipped[reason] += 1
-        self.bad_names.add(item.name)
-        if len(self.skipped_files) < MAX_LISTED_SKIPS:
-            self.skipped_files.append({"name": item.name, "source": item.location, "reason": reason, "error": error})
-        log.warning("skipped %s (%s)%s", item.location or item.name, reason, f": {error}" if error else "")
-
-
-def _rate(nbytes: float, seconds: float) -> float | None:
-    return round(nbytes / MB / seconds, 1) if seconds > 0 else None
-
-
-def _timed_rate(metas: Sequence[Mapping[str, Any]], key: str) -> float | None:
-    """MB/s over the volumes that carry a ``key`` time (a volume whose index entry was lost lacks decode_seconds)."""
-    timed = [m for m in metas if m.get(key) is not None]
-    return _rate(sum(m["raw_bytes"] for m in timed), sum(m[key] for m in timed))
-
-
-def _codec_stats(metas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    raw = sum(m["raw_bytes"] for m in metas)
-    stored = sum(m["stored_bytes"] for m in metas)
-    return {
-        "volumes": len(metas),
-        "raw_bytes": raw,
-        "stored_bytes": stored,
-        "ratio": round(raw / stored, 3) if stored else None,
-        "encode_mb_s": _timed_rate(metas, "encode_seconds"),
-        "decode_mb_s": _timed_rate(metas, "decode_seconds"),
-    }
-
-
-def _raw_volumes_in_budget(items: Sequence[PackItem], tally: _Tally, budget: int) -> int:
-    """How many usable source files, in source order, fit in ``budget`` bytes as they are (e.g. .nii.gz)."""
-    used, count = 0, 0
-    for item in items:
-        if item.name in tally.bad_names or item.source_bytes is None:
-            continue
-        used += item.source_bytes
-        if used > budget:
-            break
-        count += 1
-    return count
-
-
-def _stats(store: VolumeStore, items: Sequence[PackItem], tally: _Tally, budget: int | None, codec: str) -> dict:
-    metas = list(store.index().values())
-    by_codec: dict[str, list] = {}
-    for meta in metas:
-        by_codec.setdefault(meta["codec"], []).append(meta)
-    overall = _codec_stats(metas)
-    del overall["volumes"]  # = volumes_stored
-    source_bytes = sum(m.get("source_bytes") or 0 for m in metas)
-    raw_in_budget = _raw_volumes_in_budget(items, tally, budget) if budget is not None else None
-    return {
-        "store": str(store.path),
-        "spacing": list(store.spacing),
-        "shape": list(store.shape),
-        "codec": codec,
-        "volumes_stored": len(metas),
-        "volumes_packed": tally.packed,
-        "volumes_already_stored": tally.already_stored,
-        "volumes_skipped": sum(tally.skipped.values()),
-        "skipped": dict(sorted(tally.skipped.items())),
-        "skipped_files": tally.skipped_files,
-        "volumes_not_packed": tally.not_packed,
-        "budget_bytes": budget,
-        "budget_reached": tally.budget_reached,
-        **overall,
-        "source_bytes": source_bytes,
-        "source_to_stored_ratio": round(source_bytes / overall["stored_bytes"], 3) if overall["stored_bytes"] else None,
-        "raw_volumes_in_budget": raw_in_budget,
-        "data_utilisation": round(len(metas) / raw_in_budget, 3) if raw_in_budget else None,
-        "codecs": {name: _codec_stats(group) for name, group in sorted(by_codec.items())},
-    }
-
-
 def _progress_bar(enabled: bool, total: int):
     if not enabled:
         return nullcontext(None)
@@ -309,7 +220,7 @@ def _progress_bar(enabled: bool, total: int):
 # ---------------------------------------------------------------------------------------------------------- pack
 
 
-def _select(items: Sequence[PackItem], store: VolumeStore, tally: _Tally) -> list[PackItem]:
+def _select(items: Sequence[PackItem], store: VolumeStore, tally: Tally) -> list[PackItem]:
     """Items still to pack: not stored yet, listed correctly, existing, and the first of their name."""
     todo, seen = [], set()
     for item in items:
@@ -333,7 +244,7 @@ def _select(items: Sequence[PackItem], store: VolumeStore, tally: _Tally) -> lis
 def _commit_in_order(
     outcomes: Iterator[PackOutcome],
     store: VolumeStore,
-    tally: _Tally,
+    tally: Tally,
     budget: int | None,
     on_done: Callable[[int], None],
 ) -> None:
@@ -400,7 +311,7 @@ def pack(
     with _exclusive(root):
         store = init_store(root, spacing=grid_spacing, shape=grid_shape)
         _remove_temporaries(root)  # left by a killed pack
-        tally = _Tally()
+        tally = Tally()
         todo = _select(items, store, tally)
         token = uuid.uuid4().hex[:12]
         jobs = (
@@ -422,30 +333,17 @@ def pack(
             store.write_index()
         done = tally.packed + sum(tally.skipped.values()) + tally.already_stored
         tally.not_packed = len(items) - done
-        stats = _stats(store, items, tally, budget, codec) | {"seconds": round(time.perf_counter() - started, 2)}
+        stats = pack_stats(store, items, tally, budget, codec) | {"seconds": round(time.perf_counter() - started, 2)}
         (root / "pack_stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
     if progress:
         from rich.console import Console
 
-        Console(stderr=True).print(_summary(stats), highlight=False)
+        Console(stderr=True).print(summary_line(stats), highlight=False)
     else:
-        log.info(_summary(stats))
+        log.info(summary_line(stats))
     return stats
 
 
 def _temp_path(root: Path, name: str, token: str) -> Path:
     final = volume_file(root, name)
     return final.with_name(f".{final.name[: -len(VOLUME_SUFFIX)]}{TEMP_MARK}{token}{VOLUME_SUFFIX}")
-
-
-def _summary(stats: Mapping[str, Any]) -> str:
-    text = (
-        f"packed {stats['volumes_packed']} volumes into {stats['store']} ({stats['volumes_stored']} stored, "
-        f"{stats['volumes_already_stored']} already there, {stats['volumes_skipped']} skipped); ratio {stats['ratio']}"
-    )
-    if stats["budget_bytes"] is not None:
-        text += (
-            f"; budget {'reached' if stats['budget_reached'] else 'not reached'}: {stats['volumes_stored']} stored "
-            f"volumes vs {stats['raw_volumes_in_budget']} raw, data utilisation {stats['data_utilisation']}"
-        )
-    return text

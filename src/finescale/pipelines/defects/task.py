@@ -17,15 +17,12 @@ from torch import nn
 
 from finescale.engine.task import TaskModule
 from finescale.errors import FinescaleError
+from finescale.eval.multilabel import label_slug
 from finescale.pipelines.defects.config import DefectsConfig
 from finescale.pipelines.defects.results import coco_results
 
 # validation metrics logged at every validation (the per-class APs are added by name)
 LOGGED = ("map", "ap50", "ap75")
-
-
-def snake(name: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
 
 
 class DefectsTask(TaskModule):
@@ -117,7 +114,7 @@ class DefectsTask(TaskModule):
         if not images:
             return
         metrics = coco_metrics(subset(self.val_ground_truth(), images), results)
-        wanted = [*LOGGED, *(f"ap_{snake(c)}" for c in self.cfg.data.categories)]
+        wanted = [*LOGGED, *(f"ap_{label_slug(c)}" for c in self.cfg.data.categories)]
         logged = {f"val/defects_{k}": float(metrics[k]) for k in wanted if metrics.get(k) is not None}
         self.log_dict(logged, prog_bar=False, sync_dist=False)
 

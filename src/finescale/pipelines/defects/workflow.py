@@ -23,7 +23,7 @@ from finescale.eval.report import Figure
 from finescale.pipelines import prefix_metrics
 from finescale.pipelines.defects.config import DefectsConfig
 from finescale.pipelines.defects.results import coco_results
-from finescale.pipelines.defects.task import DefectsTask, snake, subset
+from finescale.pipelines.defects.task import DefectsTask, subset
 
 log = logging.getLogger("finescale")
 TITLE = "finescale defects: defect boxes on the 8 views of a cutting tool"
@@ -104,27 +104,23 @@ def evaluate(
     out = Path(out) if out else ckpt.parent / METRICS
     task = load_task(ckpt, pipeline="defects")
     cfg = task.cfg
-    categories = coco_categories(Path(manifest))
-    if [c["name"] for c in categories] != cfg.data.categories:
-        raise FinescaleError(
-            f"{manifest} has categories {[c['name'] for c in categories]}, the model {cfg.data.categories}"
-        )
+    data = load_coco(manifest, views=cfg.data.views)
+    if data.categories != cfg.data.categories:
+        raise FinescaleError(f"{manifest} has categories {data.categories}, the model {cfg.data.categories}")
     device_ = resolve_device(device)
     model = DefectsPredictor(task, predict_with=predict_with, device=str(device_)).model
-    data = load_coco(manifest, views=cfg.data.views)
     size = (cfg.data.image_height, cfg.data.image_width)
     loader = group_loader(
         ToolGroups(data, size), batch_size=cfg.trainer.batch_size, num_workers=cfg.trainer.num_workers
     )
-    results = detect_dataset(model, loader, [c["id"] for c in categories], device_)
+    results = detect_dataset(model, loader, data.category_ids, device_)
     gt = json.loads(Path(manifest).read_text())
     evaluated = {i for group in data.records for i in group.image_ids if i is not None}
     gt = subset(gt, evaluated)
     metrics = coco_metrics(gt, results)
-    per_class = {c["name"]: metrics.get(f"ap_{snake(c['name'])}") for c in categories}
-    table = efficiency_table(gt, per_class)
+    table = efficiency_table(gt, metrics)  # reads the per-class ap_<key> entries
     metrics = prefix_metrics("defects", {**metrics, "n": len(evaluated), **skipped_counts("eval", data)})
-    metrics.update({f"defects_efficiency_{snake(row['class'])}": row["efficiency"] for row in table})
+    metrics.update({f"defects_efficiency_{row['key']}": row["efficiency"] for row in table})
     write_results(out.parent / f"detections_{Path(manifest).stem}.json", results)
     figures = evaluation_figures(out.parent / "plots", gt, results, table, Path(manifest).parent)
     return finish_evaluation(out, manifest, metrics, run_dir=ckpt.parent, title=TITLE, figures=figures)
