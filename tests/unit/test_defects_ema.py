@@ -104,7 +104,7 @@ def test_the_teacher_follows_three_steps_of_a_real_trainer():
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[EMATeacher(0.75)],
+        callbacks=[EMATeacher(0.75, ramp=False)],
     )
     trainer.fit(task, train_dataloaders=data)
     assert len(task.after_step) == 3
@@ -134,7 +134,7 @@ def test_accumulation_batches_do_not_update():
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[EMATeacher(0.5)],
+        callbacks=[EMATeacher(0.5, ramp=False)],
     )
     trainer.fit(task, train_dataloaders=data)
     # 4 batches, 2 optimizer steps: the teacher saw the student after batch 2 and after batch 4
@@ -143,3 +143,28 @@ def test_accumulation_batches_do_not_update():
     for student in steps:
         expected = 0.5 * expected + 0.5 * student["2.weight"]
     torch.testing.assert_close(task.teacher.state_dict()["2.weight"], expected, rtol=0, atol=1e-6)
+
+
+def test_the_ramp_averages_the_start_then_settles_at_the_momentum():
+    ramp = EMATeacher(0.9)
+    assert [ramp.momentum_at(n) for n in (1, 3, 9, 20)] == [0.5, 0.75, 0.9, 0.9]
+    assert EMATeacher(0.9, ramp=False).momentum_at(1) == 0.9
+    torch.manual_seed(0)
+    data = DataLoader(TensorDataset(torch.randn(12, 4), torch.randn(12)), batch_size=4)
+    task = ToyTask()
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[EMATeacher(0.999)],
+    )
+    trainer.fit(task, train_dataloaders=data)
+    # momenta 1/2, 2/3, 3/4: the teacher is the plain mean of the initial weights and the three students
+    params = {name for name, _ in task.model.named_parameters()}
+    got = task.teacher.state_dict()
+    for name in params:
+        states = [task.initial[name], *(student[name] for student in task.after_step)]
+        torch.testing.assert_close(got[name], torch.stack(states).mean(0), rtol=0, atol=1e-6)

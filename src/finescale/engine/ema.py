@@ -5,6 +5,9 @@ travel in every checkpoint, so ``--resume`` restores the teacher exactly. :class
 student after every optimizer step:
 
 - **parameters**: ``t <- m * t + (1 - m) * s`` (``m`` = momentum, 0.999 in Soft Teacher), in place, without autograd;
+  with ``ramp`` (Mean Teacher's schedule) step ``n`` uses ``min(m, 1 - 1 / (n + 1))``: a teacher started from random
+  weights would otherwise keep 0.999^100 = 90 % of them after 100 steps, and pseudo-label with noise. With the ramp it
+  is the plain average of the students so far until ``1 - 1 / (n + 1)`` reaches ``m`` (step 999 for 0.999);
 - **buffers** (BatchNorm running statistics and counters): copied from the student. Averaging running statistics
   would average averages that are themselves already moving, and the teacher never computes its own (it runs in eval
   mode), so the student's current ones are the best estimate for the teacher's nearly equal weights. (Soft Teacher's
@@ -56,11 +59,16 @@ class EMATeacher(Callback):
     The callback keeps no state of its own: the teacher's weights are the state, and they live in the checkpoint.
     """
 
-    def __init__(self, momentum: float = 0.999) -> None:
+    def __init__(self, momentum: float = 0.999, ramp: bool = True) -> None:
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"EMA momentum must lie in [0, 1), got {momentum}")
         self.momentum = float(momentum)
+        self.ramp = bool(ramp)
         self._last_step: int | None = None
+
+    def momentum_at(self, step: int) -> float:
+        """The momentum of the update after optimizer step ``step`` (1 = the first step)."""
+        return min(self.momentum, 1.0 - 1.0 / (step + 1)) if self.ramp else self.momentum
 
     @staticmethod
     def _pair(pl_module: L.LightningModule) -> tuple[nn.Module, nn.Module]:
@@ -83,4 +91,6 @@ class EMATeacher(Callback):
             return  # an accumulation batch: the optimizer has not stepped yet
         self._last_step = trainer.global_step
         teacher, student = self._pair(pl_module)
-        ema_update_(teacher, student, self.momentum)
+        momentum = self.momentum_at(trainer.global_step)
+        ema_update_(teacher, student, momentum)
+        pl_module.log("train/ema_momentum", momentum, on_step=True, on_epoch=False)

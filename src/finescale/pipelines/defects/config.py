@@ -84,6 +84,9 @@ class SemiConfig(Section):
     unsup_ratio: int = Field(1, ge=1, description="unlabeled tools per labeled tool in a batch (the seed's 4 in full)")
     unsup_weight: float = Field(4.0, ge=0, description="weight of the unsupervised losses")
     ema_momentum: float = Field(0.999, ge=0, lt=1, description="teacher = EMA of the student, every step")
+    ema_ramp: bool = Field(
+        True, description="Mean Teacher's ramp min(m, 1 - 1/(step+1)): no random start lingering in the teacher"
+    )
     pseudo_score_thr: float = Field(0.4, ge=0, le=1, description="teacher boxes kept as pseudo labels (ST: 0.5)")
     rpn_pseudo_thr: float = Field(0.35, ge=0, le=1, description="pseudo boxes the student's RPN learns (ST: 0.9)")
     cls_pseudo_thr: float = Field(0.35, ge=0, le=1, description="pseudo boxes the RoI classifier learns (ST: 0.9)")

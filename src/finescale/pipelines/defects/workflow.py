@@ -60,7 +60,7 @@ def train(
     if cfg.semi.semi_supervised:
         from finescale.engine.ema import EMATeacher
 
-        extra.append(EMATeacher(cfg.semi.ema_momentum))
+        extra.append(EMATeacher(cfg.semi.ema_momentum, ramp=cfg.semi.ema_ramp))
     return fit_and_report(
         cfg,
         Path(run_dir),
