@@ -101,3 +101,27 @@ def test_3d_baseline_and_a_labels_csv_as_manifest(phantoms: Path, tmp_path: Path
     test = phantoms / "test.json"
     metrics = json.loads(finescale("ct", "eval", "--checkpoint", run, "--json", test, "--no-robustness").stdout)
     assert metrics["ct_n"] == len(json.loads((phantoms / "test.json").read_text()))
+
+
+def test_bench_rows_of_the_recipes_ensembles_and_tta_reuse_its_runs(runs: list[Path], phantoms: Path, tmp_path: Path):
+    from finescale.pipelines.ct.bench import ENSEMBLE_KINDS, TTA_VIEWS, bench_combined
+
+    for k, run in enumerate(runs):  # what the bench leaves in a finished run: its test metrics and training time
+        (run / "test_metrics.json").write_text(json.dumps({"train_seconds": 10.0 + k}))
+    out = tmp_path / "combined"
+    rows = bench_combined({"recipe": runs, "baseline": runs[:1]}, phantoms, out)
+    assert set(rows) == {*(f"recipe ensemble {kind} x2" for kind in ENSEMBLE_KINDS), f"recipe TTA x{TTA_VIEWS}"}
+    for kind in ENSEMBLE_KINDS:
+        (ensemble,) = rows[f"recipe ensemble {kind} x2"]
+        assert ensemble["ct_members"] == 2 and ensemble["train_seconds"] == 21.0  # both members' training
+        assert "ct_external_macro_auroc" in ensemble and "ct_corrupted_macro_auroc" in ensemble
+    tta = rows[f"recipe TTA x{TTA_VIEWS}"]
+    assert [r["ct_tta"] for r in tta] == [TTA_VIEWS, TTA_VIEWS] and [r["train_seconds"] for r in tta] == [10.0, 11.0]
+    # bayesian (MC dropout) and mean combine the same members differently
+    assert rows["recipe ensemble mean x2"][0] != rows["recipe ensemble bayesian x2"][0]
+    # a second bench run reads the kept evaluations instead of scoring again
+    kept = sorted(out.rglob("test_metrics.json"))
+    stamps = [p.stat().st_mtime_ns for p in kept]
+    assert bench_combined({"recipe": runs}, phantoms, out) == rows
+    assert [p.stat().st_mtime_ns for p in kept] == stamps and len(kept) == len(ENSEMBLE_KINDS) + len(runs)
+    assert bench_combined({"baseline": runs}, phantoms, out) == {}  # no recipe, no rows

@@ -95,12 +95,14 @@ def run_bench(
         raise FinescaleError(f"unknown bench variant(s) {', '.join(unknown)}; choose from: {', '.join(table)}")
     shared = {seed: _shared_parts(pipeline, out, seed, data_dir, preset, overrides, config_file) for seed in seeds}
     rows = []
+    run_dirs: dict[str, list[Path]] = {}
     for name in chosen:
         results = []
         for seed in seeds:
             log.info("bench %s: %s, seed %d", pipeline.name, name, seed)
             run_overrides = {**_seed_overrides(pipeline, overrides, seed, data_dir), **shared[seed], **table[name]}
             run_dir = out / "runs" / name.replace("+", "plus_") / f"seed{seed}"
+            run_dirs.setdefault(name, []).append(run_dir)
             results.append(
                 run_variant(
                     pipeline,
@@ -113,6 +115,11 @@ def run_bench(
             )
         rows.append(summarise(name, seeds, results, pipeline.bench_metrics))
         write_bench(out, pipeline, preset, rows)  # after every variant: partial results survive a crash
+    if pipeline.bench_combined is not None:
+        for name, results in pipeline.bench_combined(run_dirs, data_dir, out / "combined").items():
+            per_seed = len(results) == len(seeds) > 1
+            rows.append(summarise(name, list(seeds) if per_seed else [], results, pipeline.bench_metrics))
+            write_bench(out, pipeline, preset, rows)
     if pipeline.extra_baselines is not None:
         for name, metrics in pipeline.extra_baselines(data_dir / "train.json", data_dir / "test.json").items():
             rows.append(summarise(name, [], [metrics], pipeline.bench_metrics))

@@ -102,6 +102,10 @@ class Pipeline:
     data_overrides: Callable[[Path], dict[str, Any]] | None = None
     # (data folder) -> extra `evaluate` options of every bench and demo run (e.g. ct's external split)
     bench_eval_options: Callable[[Path], dict[str, Any]] | None = None
+    # ({variant: [its run folder per seed]}, data folder, output folder) -> {row: [metrics, ...]}: bench rows made
+    # from finished runs without training (ct's ensembles of the recipe's seeds, test-time augmentation); one metrics
+    # dict per seed gives mean ± std, a single one (an ensemble of all seeds) a plain value
+    bench_combined: Callable[..., dict[str, list[dict[str, Any]]]] | None = None
     # (config read from a checkpoint) -> that config brought up to date: a field added since the checkpoint was
     # written takes the value that reproduces how the model was trained, not today's default
     upgrade_config: Callable[[dict[str, Any]], dict[str, Any]] | None = None

@@ -1,13 +1,19 @@
 """Bench of the ``ct`` pipeline, all on the same data, budget and seeds: the plain baseline (backbone + one Linear,
 BCE, fixed windows, no augmentation, mean over slices, no calibration), each of the seed's techniques added alone,
-the recipe (all of them) and the recipe minus each; plus the 3-D baseline (a MONAI ResNet on the volume)."""
+the recipe (all of them) and the recipe minus each; plus the 3-D baseline (a MONAI ResNet on the volume). Then, from
+the recipe's finished runs without training: its seeds as one ensemble (mean, adaptive and bayesian combination) and
+each seed with test-time augmentation."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from finescale.engine.trainer import BEST
+from finescale.eval.bench import TEST_METRICS
 from finescale.pipelines.ct.config import CTConfig
+from finescale.serialize import read_json
 
 METRICS = (
     "ct_macro_auroc",
@@ -18,6 +24,9 @@ METRICS = (
     "ct_external_macro_auroc",
     "ct_corrupted_macro_auroc",
 )
+
+ENSEMBLE_KINDS = ("mean", "adaptive", "bayesian")
+TTA_VIEWS = 4  # as is, flipped, slices shifted up and down (views.py)
 
 # technique -> (its setting in the recipe, its setting in the baseline)
 TECHNIQUES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -55,3 +64,30 @@ def bench_eval_options(data_dir: Path) -> dict[str, Any]:
     """Every bench run is also scored on the external split (the held-out scanner) when the data has one."""
     external = Path(data_dir) / "external.json"
     return {"external_json": external} if external.exists() else {}
+
+
+def bench_combined(runs: Mapping[str, Sequence[Path]], data_dir: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
+    """The recipe's seeds as one ensemble, once per combination rule, and each seed with :data:`TTA_VIEWS` test-time
+    views, scored like every bench run (same test, external and corrupted sets). An ensemble's training time is the
+    sum of its members'. Each evaluation is kept in ``out`` and reused when the bench runs again."""
+    from finescale.pipelines.ct.workflow import evaluate
+
+    finished = [Path(d) for d in runs.get("recipe", ()) if (Path(d) / TEST_METRICS).exists()]
+    if not finished:
+        return {}
+    test_json = Path(data_dir) / "test.json"
+
+    def scored(folder: Path, members: Sequence[Path], **options: Any) -> dict[str, Any]:
+        done = folder / TEST_METRICS
+        if not done.exists():  # evaluate writes this file itself: its flat metrics, beside predictions and report
+            evaluate([m / BEST for m in members], test_json, out=done, **bench_eval_options(data_dir), **options)
+        seconds = sum(read_json(m / TEST_METRICS)["train_seconds"] for m in members)
+        return {**read_json(done), "train_seconds": seconds}
+
+    rows: dict[str, list[dict[str, Any]]] = {}
+    if len(finished) > 1:
+        for kind in ENSEMBLE_KINDS:
+            row = f"recipe ensemble {kind} x{len(finished)}"
+            rows[row] = [scored(out / f"ensemble_{kind}", finished, ensemble=kind)]
+    rows[f"recipe TTA x{TTA_VIEWS}"] = [scored(out / f"tta{TTA_VIEWS}" / d.name, [d], tta=TTA_VIEWS) for d in finished]
+    return rows

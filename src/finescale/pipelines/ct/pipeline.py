@@ -1,7 +1,7 @@
 """The ``ct`` entry of the pipeline table."""
 
 from finescale.pipelines import Pipeline, manifest_images
-from finescale.pipelines.ct.bench import METRICS, bench_eval_options, bench_variants
+from finescale.pipelines.ct.bench import METRICS, bench_combined, bench_eval_options, bench_variants
 from finescale.pipelines.ct.config import CTConfig
 from finescale.pipelines.ct.predict import CTPredictor
 from finescale.pipelines.ct.task import CTTask
@@ -24,6 +24,7 @@ PIPELINE = Pipeline(
     bench_variants=bench_variants,
     bench_metrics=METRICS,
     bench_eval_options=bench_eval_options,
+    bench_combined=bench_combined,
     example_inputs=example_inputs,
     smoke={"epochs": 1, "batch_size": 4, "slices_per_volume": 4, "image_size": 48, "progressive_sizes": [32, 48]},
     smoke_n=24,
