@@ -1,8 +1,11 @@
 """Bench of the ``ct`` pipeline, all on the same data, budget and seeds: the plain baseline (backbone + one Linear,
 BCE, fixed windows, no augmentation, mean over slices, no calibration), each of the seed's techniques added alone,
-the recipe (all of them) and the recipe minus each; plus the 3-D baseline (a MONAI ResNet on the volume). Then, from
-the recipe's finished runs without training: its seeds as one ensemble (mean, adaptive and bayesian combination) and
-each seed with test-time augmentation."""
+the recipe (all of them) and the recipe minus each; plus the 3-D baseline (a MONAI ResNet on the volume). The
+data-budget pair ``budget-source`` / ``budget-packed`` trains the baseline on the training volumes that fit in
+:data:`BUDGET_SHARE` of the training manifest's source-file bytes, counted as source files or as stored files, so it
+measures how much more data the packed store fits in one storage budget and what that buys. Then, from the recipe's
+finished runs without training: its seeds as one ensemble (mean, adaptive and bayesian combination) and each seed
+with test-time augmentation."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ METRICS = (
 
 ENSEMBLE_KINDS = ("mean", "adaptive", "bayesian")
 TTA_VIEWS = 4  # as is, flipped, slices shifted up and down (views.py)
+BUDGET_SHARE = 0.35  # a store up to 1 / 0.35 = 2.9x smaller than the source files still fits less than all
 
 # technique -> (its setting in the recipe, its setting in the baseline)
 TECHNIQUES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
@@ -57,6 +61,9 @@ def bench_variants(cfg: CTConfig) -> dict[str, dict[str, Any]]:
     variants.update({f"recipe-{name}": {**recipe, **off[name]} for name in on})
     variants["recipe-adjacent"] = {**recipe, "channels": "adjacent"}
     variants["3d"] = {**baseline, "dimension": "3d", "flips": False}
+    for fmt in ("source", "packed"):  # the pair differs only in how a volume's bytes count against the budget
+        budget = {"train_storage_share": BUDGET_SHARE, "train_storage_format": fmt}
+        variants[f"budget-{fmt}"] = {**variants["baseline"], **budget}
     return variants
 
 

@@ -61,6 +61,18 @@ class CTDataConfig(Section):
     )
     mix_alpha: float = Field(0.4, gt=0, description="Beta(alpha, alpha) of the mixing weight")
     cache: bool = Field(True, description="keep the stored volumes' slices in memory after the first read")
+    train_storage_share: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="train on the training manifest's volumes, in manifest order, that fit in this share of the "
+        "training manifest's source-file bytes (None = the whole training manifest)",
+    )
+    train_storage_format: Literal["source", "packed"] = Field(
+        "packed",
+        description="how a volume's bytes count against train_storage_share: its source file as downloaded "
+        "(.nii.gz / .mha) or its file in the packed store",
+    )
 
     @field_validator("spacing", "shape")
     @classmethod

@@ -4,7 +4,9 @@ the model's input.
 A record: ``{"volume": path, "name": VolumeName, "patient": ..., "labels": [18 x 0/1], "metadata": {...}}`` (what
 ``finescale synth ct`` writes; a CT-RATE labels CSV is turned into such records by :func:`records_from_csv`). The
 deterministic front (HU, resampling, crop/pad) ran once when the store was packed; a dataset item reads only the
-slices it needs from the store and applies the random tail (``views.py``).
+slices it needs from the store and applies the random tail (``views.py``). ``data.train_storage_share`` trains on
+the leading training volumes that fit in a share of the training manifest's source-file bytes, counted as source
+files or as stored files (:func:`volumes_within_budget`): the bench's data-budget pair.
 
 A batch: ``slices`` (B, S, 3, H, W) float in [0, 1] (2-D) or ``volume`` (B, 1, Z, Y, X) (3-D); ``body`` (B, S, 1, H, W)
 or (B, 1, Z, Y, X) body mask for CT-aware mixing; ``labels`` (B, 18) float.
@@ -12,7 +14,9 @@ or (B, 1, Z, Y, X) body mask for CT-aware mixing; ``labels`` (B, 18) float.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,9 @@ from finescale.pipelines.ct.config import CTConfig
 from finescale.pipelines.ct.views import SliceViews
 
 FIELDS = (FieldSpec("volume", "image"), FieldSpec("name", "str", required=False))
+OVER_BUDGET = "over_storage_budget"  # skip reason of the training volumes a storage budget leaves out
+MB = 1e6
+log = logging.getLogger("finescale")
 
 
 def _labels_ok(record: dict) -> bool:
@@ -101,6 +108,61 @@ def ensure_store(cfg: CTConfig, manifests: Sequence[Path], *, workers: int = 2) 
     return VolumeStore(path)
 
 
+def storage_budget(records: Sequence[dict], source_bytes: Mapping[str, int], share: float) -> int:
+    """``share`` of the records' source-file bytes, in whole bytes (rounded: 0.29 x 100 is 28.999... in floats)."""
+    return round(share * sum(source_bytes[r["name"]] for r in records))
+
+
+def volumes_within_budget(
+    records: Sequence[dict],
+    source_bytes: Mapping[str, int],
+    stored_bytes: Mapping[str, int],
+    share: float,
+    fmt: str,
+) -> list[dict]:
+    """The leading ``records`` whose bytes, counted as ``fmt`` (``source``: ``source_bytes``, the files as
+    downloaded; ``packed``: ``stored_bytes``, the files in the store), sum to at most :func:`storage_budget`. The
+    first volume that does not fit ends the selection, as a download stopping at a full disk would: the kept volumes
+    are a prefix of the manifest, the same for both counts up to where the smaller one stops. A budget that holds
+    not even the first volume is a FinescaleError."""
+    if fmt not in ("source", "packed"):
+        raise ValueError(f"fmt must be 'source' or 'packed', got {fmt!r}")
+    sizes = source_bytes if fmt == "source" else stored_bytes
+    budget = storage_budget(records, source_bytes, share)
+    kept: list[dict] = []
+    used = 0
+    for record in records:
+        used += sizes[record["name"]]
+        if used > budget:
+            break
+        kept.append(record)
+    if not kept:
+        first = f": the first, {records[0]['name']}, takes {sizes[records[0]['name']] / MB:.3f} MB" if records else ""
+        raise FinescaleError(
+            f"train_storage_share {share:g} is a budget of {budget / MB:.3f} MB ({fmt} bytes) that holds no "
+            f"training volume{first}; raise the share"
+        )
+    return kept
+
+
+def volume_sizes(records: Sequence[dict], store: VolumeStore) -> tuple[dict[str, int], dict[str, int]]:
+    """({name: source-file bytes}, {name: bytes in the store}) of stored records. The source size is the one pack
+    measured (the file may be a URL, or gone since); a volume stored without one is measured on disk now."""
+    source, stored = {}, {}
+    for record in records:
+        name = record["name"]
+        meta = store.meta(name)
+        stored[name] = int(meta["stored_bytes"])
+        size = meta.get("source_bytes")
+        if size is None:
+            path = Path(record["volume"])
+            if not path.is_file():
+                raise FinescaleError(f"no source-file size for {name}: not in the store's meta and {path} is missing")
+            size = path.stat().st_size
+        source[name] = int(size)
+    return source, stored
+
+
 class CTVolumes(Dataset):
     """Records -> model inputs from the store. ``view``: a test-time augmentation view (0 = as is); ``corrupt``:
     the robustness check's corrupted copy (stronger noise, motion, a shifted window)."""
@@ -150,6 +212,31 @@ class CTDataModule(ManifestDataModule):
 
     def load_manifest(self, path: Path) -> Manifest:
         return load_records(path)
+
+    def setup(self, stage: str | None = None) -> None:
+        first = "train" not in self.manifests
+        super().setup(stage)
+        if first and self.cfg.data.train_storage_share is not None:  # the training split only, never val/test
+            self.manifests["train"] = self.train_within_budget(self.manifests["train"])
+            self.train_set = self.make_dataset(self.manifests["train"].records, train=True)
+
+    def train_within_budget(self, manifest: Manifest) -> Manifest:
+        """The training manifest cut to ``data.train_storage_share``. The volumes left out count as skipped
+        (``train_skipped_over_storage_budget`` in the run's metrics), so ``train_n_valid`` is the number trained on."""
+        share, fmt = self.cfg.data.train_storage_share, self.cfg.data.train_storage_format
+        source, stored = volume_sizes(manifest.records, self.store)
+        kept = volumes_within_budget(manifest.records, source, stored, share, fmt)
+        budget = storage_budget(manifest.records, source, share)
+        log.info(
+            "storage budget %.1f MB (%g of the training source files, counted %s) keeps %d of %d training volumes",
+            budget / MB,
+            share,
+            fmt,
+            len(kept),
+            len(manifest.records),
+        )
+        skipped = {**manifest.skipped, OVER_BUDGET: len(manifest.records) - len(kept)}
+        return dataclasses.replace(manifest, records=kept, skipped=skipped)
 
     def make_dataset(self, records: Sequence[dict], *, train: bool) -> Dataset:
         return CTVolumes(records, self.store, self.cfg, train=train)
