@@ -213,3 +213,16 @@ def test_volume3d_classifier_on_a_tiny_volume():
     assert net.net.conv1.in_channels == 1
     with pytest.raises(FinescaleError, match="depth 12"):
         Volume3DClassifier(depth=12)
+
+
+def test_volume3d_stem_strides_like_medicalnet_and_old_checkpoints_keep_monais_stem():
+    from finescale.pipelines.ct.config import CTConfig, upgrade_checkpoint_config
+
+    net = Volume3DClassifier(widen_factor=0.25)
+    assert net.net.conv1.stride == (2, 2, 2)  # the stem halves every axis, as in MedicalNet
+    assert Volume3DClassifier(widen_factor=0.25, stem_stride=1).net.conv1.stride == (1, 1, 1)
+    old = {"pipeline": "ct", "model": {"dimension": "3d"}}  # written before the two fields existed
+    upgraded = CTConfig.model_validate(upgrade_checkpoint_config(old))
+    assert (upgraded.model.volume_width, upgraded.model.volume_stem_stride) == (1.0, 1)
+    today = CTConfig.model_validate({"pipeline": "ct"})
+    assert upgrade_checkpoint_config(today.model_dump(mode="json")) == today.model_dump(mode="json")

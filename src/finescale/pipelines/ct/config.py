@@ -18,6 +18,10 @@ class CTModelConfig(Section):
     dimension: Literal["2d", "3d"] = Field(
         "2d", description="2d: slices through a 2-D backbone (the seed's); 3d: a MONAI 3-D ResNet on the volume"
     )
+    volume_width: float = Field(
+        0.5, gt=0, description="3-D baseline: width factor of the MONAI ResNet's stages (1.0 in full)"
+    )
+    volume_stem_stride: int = Field(2, ge=1, description="3-D baseline: its first convolution's stride (MedicalNet: 2)")
     backbone: str = Field("resnet10t", description="timm 2-D backbone (resnet50 in full)")
     pretrained: bool = Field(False, description="load timm's pretrained weights (needs them cached locally)")
     weights: str | None = Field(None, description="state-dict file to load into the backbone")
@@ -95,3 +99,12 @@ class CTConfig(RunConfig):
     model: CTModelConfig = Field(default_factory=CTModelConfig)
     data: CTDataConfig = Field(default_factory=CTDataConfig)
     loss: CTLossConfig = Field(default_factory=CTLossConfig)
+
+
+def upgrade_checkpoint_config(config: dict) -> dict:
+    """Checkpoints written before ``model.volume_width`` / ``volume_stem_stride`` existed built the 3-D baseline at
+    MONAI's defaults: full width, stride 1."""
+    model = config.get("model") or {}
+    if "volume_width" in model:
+        return config
+    return {**config, "model": {**model, "volume_width": 1.0, "volume_stem_stride": 1}}

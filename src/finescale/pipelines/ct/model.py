@@ -129,7 +129,9 @@ class VolumeClassifier(Calibrated):
 
     @classmethod
     def from_config(cls, cfg: CTConfig) -> VolumeClassifier:
-        return cls(net=Volume3DClassifier(in_channels=1, n_out=N_LABELS), loss=loss_from_config(cfg))
+        m = cfg.model
+        net = Volume3DClassifier(1, N_LABELS, widen_factor=m.volume_width, stem_stride=m.volume_stem_stride)
+        return cls(net=net, loss=loss_from_config(cfg))
 
     def logits(self, batch: dict) -> torch.Tensor:
         return self.net(batch["volume"])
