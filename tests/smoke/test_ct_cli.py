@@ -125,3 +125,16 @@ def test_bench_rows_of_the_recipes_ensembles_and_tta_reuse_its_runs(runs: list[P
     assert bench_combined({"recipe": runs}, phantoms, out) == rows
     assert [p.stat().st_mtime_ns for p in kept] == stamps and len(kept) == len(ENSEMBLE_KINDS) + len(runs)
     assert bench_combined({"baseline": runs}, phantoms, out) == {}  # no recipe, no rows
+
+
+def test_the_histogram_baseline_scores_like_a_deep_run(phantoms: Path):
+    from finescale.pipelines.ct.bench import METRICS
+    from finescale.pipelines.ct.histogram_baseline import NAME, histogram_baseline
+
+    (metrics,) = histogram_baseline(phantoms / "train.json", phantoms / "test.json").values()
+    assert set(METRICS) <= set(metrics) and metrics["ct_n"] == len(json.loads((phantoms / "test.json").read_text()))
+    assert metrics["ct_histogram_c"] in (0.01, 0.1, 1.0) and metrics["train_seconds"] > 0
+    again = histogram_baseline(phantoms / "train.json", phantoms / "test.json")[NAME]
+    same = {k for k in metrics if k != "train_seconds"}
+    # deterministic: the same numbers twice (compared as JSON text: an undefined AUROC is NaN, never == itself)
+    assert json.dumps({k: again[k] for k in sorted(same)}) == json.dumps({k: metrics[k] for k in sorted(same)})

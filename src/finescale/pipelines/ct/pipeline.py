@@ -3,6 +3,7 @@
 from finescale.pipelines import Pipeline, manifest_images
 from finescale.pipelines.ct.bench import METRICS, bench_combined, bench_eval_options, bench_variants
 from finescale.pipelines.ct.config import CTConfig, upgrade_checkpoint_config
+from finescale.pipelines.ct.histogram_baseline import histogram_baseline
 from finescale.pipelines.ct.predict import CTPredictor
 from finescale.pipelines.ct.task import CTTask
 from finescale.pipelines.ct.workflow import evaluate, train
@@ -25,6 +26,7 @@ PIPELINE = Pipeline(
     bench_metrics=METRICS,
     bench_eval_options=bench_eval_options,
     bench_combined=bench_combined,
+    extra_baselines=histogram_baseline,
     upgrade_config=upgrade_checkpoint_config,
     example_inputs=example_inputs,
     smoke={"epochs": 1, "batch_size": 4, "slices_per_volume": 4, "image_size": 48, "progressive_sizes": [32, 48]},
