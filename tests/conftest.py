@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -44,6 +47,38 @@ def finescale(*args: str, check: bool = True, timeout: float = 600) -> subproces
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def finescale_in_process(*args: object, check: bool = True) -> subprocess.CompletedProcess:
+    """The same entry point (``finescale.cli.main``: verbs, options, ``error:`` lines, exit status) called in this
+    process, for checks of what a verb prints or writes: it spares the ~5 s a fresh interpreter spends importing
+    torch and Lightning. Only for calls that train nothing (``eval``, ``predict``, a bench whose runs are all done,
+    an error raised before training): training sets global state (seeds, deterministic mode, signal handlers), and
+    checks of a process as a whole (its streams, log lines, exit on a signal) need :func:`finescale`. Logging goes
+    to pytest's capture here, not to ``stderr``."""
+    from finescale import cli
+
+    argv = ["finescale", *map(str, args)]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    # main() registers the pipeline, synth and hpo verbs on the module's apps each call: put them back afterwards
+    registered = [(cli.app.registered_groups, list(cli.app.registered_groups))]
+    registered += [
+        (typer_app.registered_commands, list(typer_app.registered_commands))
+        for typer_app in (cli.synth_app, cli.hpo_app)
+    ]
+    try:
+        with mock.patch.object(sys, "argv", argv), redirect_stdout(stdout), redirect_stderr(stderr):
+            cli.main()
+        status = 0
+    except SystemExit as stop:
+        status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+    finally:
+        for items, before in registered:
+            items[:] = before
+    result = subprocess.CompletedProcess(argv, status, stdout.getvalue(), stderr.getvalue())
+    if check and status != 0:
+        raise AssertionError(f"{' '.join(argv)} failed ({status}) in process:\n{result.stderr[-4000:]}")
     return result
 
 

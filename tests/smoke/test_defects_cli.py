@@ -1,7 +1,8 @@
 """The defects verbs end to end on tiny synthetic tools, as a user runs them: an iteration-based Soft Teacher run killed
 mid-training and finished with --resume (teacher restored), eval writing a COCO results file that `score` scores to
 the same numbers, predict with overlays and the student's weights, the anchors analysis and the group helper.
-(train/eval/predict/load on the smoke config are also covered by tests/contract.)"""
+Training (killed, resumed, refused) runs as real processes; the other verbs, whose output is the point here, call the
+same entry point in this process. (train/eval/predict/load on the smoke config run as processes in tests/contract.)"""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.conftest import finescale
+from tests.conftest import finescale, finescale_in_process
 
 from finescale.pipelines import get_pipeline
 
@@ -73,10 +74,12 @@ def test_soft_teacher_run_killed_then_resumed_to_max_steps(tools: Path, tmp_path
     assert "train/peak_memory_mb" in log and "val/defects_map" in log and "train/kept_ratio" in log
 
     # eval writes a standard COCO results file; `score` gives the same numbers from it
-    metrics = json.loads(finescale("defects", "eval", "--checkpoint", run, "--json", tools / "test.json").stdout)
+    metrics = json.loads(
+        finescale_in_process("defects", "eval", "--checkpoint", run, "--json", tools / "test.json").stdout
+    )
     results = run / "detections_test.json"
     assert isinstance(json.loads(results.read_text()), list)
-    scored = json.loads(finescale("defects", "score", "--gt", tools / "test.json", "--dets", results).stdout)
+    scored = json.loads(finescale_in_process("defects", "score", "--gt", tools / "test.json", "--dets", results).stdout)
     assert scored["map"] == pytest.approx(metrics["defects_map"], abs=1e-9)
     assert "defects_efficiency_severe_rust" in metrics
 
@@ -85,8 +88,9 @@ def test_soft_teacher_run_killed_then_resumed_to_max_steps(tools: Path, tmp_path
     first = sorted((im for im in images if im["group_id"] == images[0]["group_id"]), key=lambda im: im["view"])
     views = [tools / im["file_name"] for im in first]
     overlays = tmp_path / "overlays"
-    cli = finescale("defects", "predict", "--checkpoint", run, "--predict-with", "student", "--overlays", overlays,
-                    *views)  # fmt: skip
+    cli = finescale_in_process(
+        "defects", "predict", "--checkpoint", run, "--predict-with", "student", "--overlays", overlays, *views
+    )
     lines = [json.loads(line) for line in cli.stdout.splitlines()]
     assert [line["view"] for line in lines] == list(range(len(views)))
     assert all(set(line) >= {"image", "tool", "boxes", "labels", "scores"} for line in lines)
@@ -94,7 +98,7 @@ def test_soft_teacher_run_killed_then_resumed_to_max_steps(tools: Path, tmp_path
 
 
 def test_anchors_table_and_group_helper(tools: Path, tmp_path: Path):
-    result = finescale("defects", "anchors", "--json", tools / "train.json")
+    result = finescale_in_process("defects", "anchors", "--json", tools / "train.json")
     report = json.loads(result.stdout)
     assert "Severe_Rust" in result.stderr  # the table, on stderr
     rows = {row["class"]: row for row in report["rows"]}  # the JSON side: every class, both ratio sets
@@ -112,8 +116,8 @@ def test_anchors_table_and_group_helper(tools: Path, tmp_path: Path):
     refused = finescale(*train_args(tools, run)[:2], "--out", run, "--train-json", stripped, "--val-json", stripped,
                         "--no-semi-supervised", "--no-progress", check=False)  # fmt: skip
     assert refused.returncode == 2 and "finescale defects group" in refused.stderr
-    counts = json.loads(finescale("defects", "group", "--json", stripped, "--out", grouped,
-                                  "--pattern", r"t(?P<group>\d+)_v(?P<view>\d+)").stdout)  # fmt: skip
+    counts = json.loads(finescale_in_process("defects", "group", "--json", stripped, "--out", grouped,
+                                             "--pattern", r"t(?P<group>\d+)_v(?P<view>\d+)").stdout)  # fmt: skip
     assert counts["matched"] == len(truth) and counts["unmatched"] == 0
     filled = json.loads(grouped.read_text())["images"]
     views = {im["id"]: im["view"] for im in filled}

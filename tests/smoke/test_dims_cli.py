@@ -1,4 +1,6 @@
-"""Every ``finescale dims`` verb end to end on tiny generated data, through the real console entry point."""
+"""Every ``finescale dims`` verb end to end on tiny generated data, through the real console entry point: training as
+a real process; ``eval`` and ``predict``, whose output is the point here, in this process (tests/contract runs them as
+processes)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tests.conftest import finescale
+from tests.conftest import finescale, finescale_in_process
 
 from finescale.pipelines import get_pipeline
 
@@ -52,7 +54,7 @@ def key_ending(metrics: dict, suffix: str, prefix: str = "") -> str:
 
 
 def predict_lines(run: Path, images: list[Path], *extra: object) -> list[dict]:
-    result = finescale("dims", "predict", *images, "--checkpoint", run, *extra)
+    result = finescale_in_process("dims", "predict", *images, "--checkpoint", run, *extra)
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [Path(line["image"]).name for line in lines] == [Path(i).name for i in images]
     return lines
@@ -64,18 +66,35 @@ def read_manifest(implants: Path, split: str) -> tuple[list[dict], list[Path]]:
 
 
 @pytest.fixture(scope="module")
-def classifiers(implants: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    runs = {}
-    for target in ("company", "model"):
-        runs[target] = tmp_path_factory.mktemp(f"dims_{target}")
-        finescale("dims", "classify", "--target", target, *data_flags(implants, VAL), "--out", runs[target], *TINY)
+def from_scratch(implants: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]:
+    """(run, its command) of ``dims train`` given neither classifier checkpoint: it trains both classifiers into its
+    run (``company/``, ``model/``), then the dual-attention regressor on them. One process for three trainings, and
+    the tests share its parts: its company classifier and its regressor."""
+    run = tmp_path_factory.mktemp("dims_dual")
+    args = ["dims", "train", "--attention-type", "dual", *data_flags(implants, VAL), "--out", run, *TINY, *TINY_REGRESS]
+    finescale(*args)
+    return run, args
+
+
+@pytest.fixture(scope="module")
+def classifiers(
+    implants: Path, from_scratch: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The company classifier that ``dims train`` made; the model classifier from the ``dims classify`` verb."""
+    runs = {"company": from_scratch[0] / "company", "model": tmp_path_factory.mktemp("dims_model")}
+    finescale("dims", "classify", "--target", "model", *data_flags(implants, VAL), "--out", runs["model"], *TINY)
     return runs
 
 
 @pytest.fixture(scope="module")
-def regressors(implants: Path, classifiers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    runs = {}
-    for attention in ("dual", "triple", "hierarchical"):
+def regressors(
+    implants: Path,
+    from_scratch: tuple[Path, list],
+    classifiers: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict:
+    runs = {"dual": from_scratch[0]}
+    for attention in ("triple", "hierarchical"):  # on the classifiers given as a checkpoint file and as a run
         runs[attention] = tmp_path_factory.mktemp(f"dims_{attention}")
         finescale(
             "dims",
@@ -115,7 +134,7 @@ def test_classifier_eval_and_predict(classifiers: dict[str, Path], implants: Pat
     out = tmp_path / "metrics.json"
     run = classifiers["model"]
     # on the training images, where the one-epoch classifier already names some right
-    finescale("dims", "eval", "--checkpoint", run, "--json", implants / "train.json", "--out", out)
+    finescale_in_process("dims", "eval", "--checkpoint", run, "--json", implants / "train.json", "--out", out)
     metrics = json.loads(out.read_text())
     records, images = read_manifest(implants, "train")
     lines = predict_lines(run, images)
@@ -176,7 +195,9 @@ def test_eval_reports_unseen_combinations(regressors: dict, implants: Path, tmp_
     for name, extra, trained_on in (("default", [], train), ("known", ["--train-json", known], [*train, test[0]])):
         out = tmp_path / name / "metrics.json"
         run = regressors["triple"]
-        result = finescale("dims", "eval", "--checkpoint", run, "--json", implants / "test.json", "--out", out, *extra)
+        result = finescale_in_process(
+            "dims", "eval", "--checkpoint", run, "--json", implants / "test.json", "--out", out, *extra
+        )
         printed = json.loads(result.stdout.strip().splitlines()[-1])
         metrics = json.loads(out.read_text())
         for key in get_pipeline("dims").bench_metrics:
@@ -201,7 +222,9 @@ def test_eval_reports_unseen_combinations(regressors: dict, implants: Path, tmp_
 
 def test_predict_prints_sizes_names_probabilities_and_uncertainty(regressors: dict, implants: Path):
     images = [implants / r["image"] for r in json.loads((implants / "test.json").read_text())[:2]]
-    result = finescale("dims", "predict", *images, "--checkpoint", regressors["hierarchical"], "--mc-samples", "5")
+    result = finescale_in_process(
+        "dims", "predict", *images, "--checkpoint", regressors["hierarchical"], "--mc-samples", "5"
+    )
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert len(lines) == 2
     # the catalogue the sizes snap to: each model's lengths and diameters in the training manifest
@@ -226,10 +249,8 @@ def test_predict_prints_sizes_names_probabilities_and_uncertainty(regressors: di
         assert line["company"] == line["model"].split()[0]  # the model's maker (synthetic names start with it)
 
 
-def test_train_without_checkpoints_trains_the_classifiers_first(implants: Path, tmp_path: Path):
-    run = tmp_path / "run"
-    args = ["dims", "train", *data_flags(implants), "--out", run, *TINY, *TINY_REGRESS, "--limit-train-batches", "1"]
-    finescale(*args)
+def test_train_without_checkpoints_trains_the_classifiers_first(from_scratch: tuple[Path, list]):
+    run, args = from_scratch
     for sub in ("company", "model"):
         assert (run / sub / "best.ckpt").exists()
     assert (run / "best.ckpt").exists()
@@ -238,7 +259,8 @@ def test_train_without_checkpoints_trains_the_classifiers_first(implants: Path, 
 
 
 def test_wrong_classifier_checkpoint_is_a_one_line_error(classifiers: dict[str, Path], implants: Path, tmp_path: Path):
-    result = finescale(
+    # refused before anything trains, so in this process
+    result = finescale_in_process(
         "dims",
         "train",
         "--company-checkpoint",

@@ -1,5 +1,6 @@
 """metrics.json stays true: each evaluation is kept apart under its manifest, a later one never inherits an earlier
-one's keys, and the report names the manifest of every number (training summary and test metrics apart)."""
+one's keys, and the report names the manifest of every number (training summary and test metrics apart). ``eval``
+runs in this process: what it prints and writes is the point (tests/contract runs it as a process)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.conftest import finescale
+from tests.conftest import finescale_in_process
 
 from finescale.pipelines import is_run_key
 
@@ -25,9 +26,9 @@ def test_each_evaluation_is_kept_apart_under_its_manifest(length_run: Path, impl
     short.write_text(json.dumps(records[:3]))
     before = json.loads((run / "metrics.json").read_text())
 
-    first = json.loads(finescale("length", "eval", "--checkpoint", run, "--json", broken).stdout)
+    first = json.loads(finescale_in_process("length", "eval", "--checkpoint", run, "--json", broken).stdout)
     assert first["length_eval_skipped_missing_file"] == 1 and first["length_n"] == len(records)
-    printed = json.loads(finescale("length", "eval", "--checkpoint", run, "--json", short).stdout)
+    printed = json.loads(finescale_in_process("length", "eval", "--checkpoint", run, "--json", short).stdout)
 
     stored = json.loads((run / "metrics.json").read_text())
     # stdout and metrics.json hold that evaluation only: no training summary, nothing from the other manifest
@@ -40,7 +41,7 @@ def test_each_evaluation_is_kept_apart_under_its_manifest(length_run: Path, impl
     # the same manifest again replaces its entry as a whole
     records[0]["image"] = str(tmp_path / "gone.png")
     short.write_text(json.dumps(records[:3]))
-    again = json.loads(finescale("length", "eval", "--checkpoint", run, "--json", short).stdout)
+    again = json.loads(finescale_in_process("length", "eval", "--checkpoint", run, "--json", short).stdout)
     stored = json.loads((run / "metrics.json").read_text())
     assert stored["eval"][short.as_posix()] == again and again["length_n"] == 2
     assert again["length_eval_skipped_missing_file"] == 1 and len(stored["eval"]) == 2

@@ -1,4 +1,6 @@
-"""Every ``finescale length`` verb end to end on tiny generated data, through the real console entry point."""
+"""Every ``finescale length`` verb end to end on tiny generated data, through the real console entry point: training as
+a real process; ``eval`` and ``predict``, whose output is the point here, in this process (tests/contract and
+test_cli_streams.py run them as processes)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tests.conftest import finescale, length_train
+from tests.conftest import finescale, finescale_in_process, length_train
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +43,7 @@ def test_checkpoints_load_with_weights_only_and_rebuild_the_model(length_run: Pa
 
 def test_eval_writes_metrics_plots_and_report(length_run: Path, implants: Path, tmp_path: Path):
     out = tmp_path / "eval" / "metrics.json"
-    result = finescale(
+    result = finescale_in_process(
         "length", "eval", "--checkpoint", length_run / "best.ckpt", "--json", implants / "test.json", "--out", out
     )
     printed = json.loads(result.stdout.strip().splitlines()[-1])
@@ -64,7 +66,7 @@ def test_predict_reads_16bit_rgba_and_jpeg(length_run: Path, implants: Path, tmp
     cv2.imwrite(str(paths[2]), np.dstack([gray, gray, gray, np.full_like(gray, 255)]))
     cv2.imwrite(str(paths[3]), gray, [cv2.IMWRITE_JPEG_QUALITY, 95])
     cv2.imwrite(str(paths[4]), np.clip(gray.astype(np.int16) + 16, 0, 255).astype(np.uint8))
-    result = finescale("length", "predict", *paths, "--checkpoint", length_run)
+    result = finescale_in_process("length", "predict", *paths, "--checkpoint", length_run)
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
     assert [Path(r["image"]).name for r in lines] == [p.name for p in paths]
     for line in lines:
@@ -134,11 +136,11 @@ def test_bad_flag_value_is_a_one_line_error(implants: Path, tmp_path: Path):
     assert result.returncode == 2 and result.stderr.strip().startswith("error: invalid value for --fusion (sum)")
 
 
-def test_same_seed_same_numbers(implants: Path, tmp_path: Path):
-    scores = []
-    for name in ("a", "b"):
-        finescale(
-            *length_train(implants / "train.json", implants / "val.json", tmp_path / name, "--limit-train-batches", 2)
-        )
-        scores.append(json.loads((tmp_path / name / "metrics.json").read_text())["best_val_length_mae_mm"])
+def test_same_seed_same_numbers(length_run: Path, implants: Path, tmp_path: Path):
+    # the shared run's command again, in another process: the second run of the pair is all this test trains
+    finescale(*length_train(implants / "train.json", implants / "val.json", tmp_path / "again"))
+    scores = [
+        json.loads((run / "metrics.json").read_text())["best_val_length_mae_mm"]
+        for run in (length_run, tmp_path / "again")
+    ]
     assert scores[0] == scores[1]

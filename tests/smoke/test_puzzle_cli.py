@@ -1,5 +1,7 @@
 """``finescale synth puzzles`` -> ``puzzle train`` -> ``eval`` (hybrid, learned and classical) -> ``predict`` with an
-overlay -> ``bench``, end to end through the CLI on a tiny generated set."""
+overlay -> ``bench``, end to end through the CLI on a tiny generated set. Training and bench run as real processes;
+``eval``, ``predict`` and the errors call the same entry point in this process (their output is the point, and a
+fresh interpreter would spend most of each call importing torch); tests/contract runs them as processes."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 import cv2
 import pytest
 import torch
-from tests.conftest import finescale
+from tests.conftest import finescale, finescale_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +39,16 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
     finescale(*args, "--out", run, *TINY)
     assert torch.load(run / "best.ckpt", weights_only=True)["hyper_parameters"]["config"]["pipeline"] == "puzzle"
 
-    metrics = json.loads(finescale("puzzle", "eval", "--checkpoint", run, "--json", puzzles / "test.json").stdout)
+    metrics = json.loads(
+        finescale_in_process("puzzle", "eval", "--checkpoint", run, "--json", puzzles / "test.json").stdout
+    )
     for key in ("puzzle_position_accuracy", "puzzle_both_accuracy", "puzzle_learned_both_accuracy"):
         assert 0.0 <= metrics[key] <= 1.0
     assert 0.0 <= metrics["puzzle_fallback_rate"] <= 1.0 and metrics["puzzle_learned_ms_per_piece"] > 0
     # an untrained model proposes poorly, the fallback search still places the easy synthetic pieces
     assert metrics["puzzle_position_accuracy"] >= 0.5
     learned = tmp_path / "learned.json"
-    finescale(
+    finescale_in_process(
         "puzzle", "eval", "--method", "learned", "--checkpoint", run, "--json", puzzles / "test.json", "--out", learned
     )
     assert "puzzle_fallback_rate" not in json.loads(learned.read_text())
@@ -54,12 +58,12 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
     assert (run / "plots" / "correlation_maps.png").exists() and "Correlation maps" in (run / "report.html").read_text()
 
     classical = tmp_path / "classical" / "metrics.json"  # no --checkpoint: the classical matcher
-    finescale("puzzle", "eval", "--json", puzzles / "test.json", "--out", classical)
+    finescale_in_process("puzzle", "eval", "--json", puzzles / "test.json", "--out", classical)
     assert json.loads(classical.read_text())["puzzle_position_accuracy"] >= 0.5  # easy synthetic pieces
 
     record = json.loads((puzzles / "test.json").read_text())[0]
     overlay = tmp_path / "overlay.png"
-    lines = finescale(
+    lines = finescale_in_process(
         "puzzle", "predict", "--checkpoint", run, "--puzzle", puzzles / record["puzzle"],
         puzzles / record["piece"], "--overlay", overlay,
     ).stdout.splitlines()  # fmt: skip
@@ -67,22 +71,25 @@ def test_train_eval_predict(puzzles: Path, tmp_path: Path):
     assert len(result["box"]) == 4 and result["rotation"] in range(4) and 0 <= result["confidence"] <= 1
     assert result["method"] == "hybrid" and isinstance(result["fallback"], bool)
     for accept, falls_back in (("1", True), ("-1", False)):  # the fallback threshold reaches the predictor
-        line = finescale(
+        line = finescale_in_process(
             "puzzle", "predict", "--checkpoint", run, "--puzzle", puzzles / record["puzzle"],
             puzzles / record["piece"], "--accept", accept, "--proposals", "2",
         ).stdout.splitlines()[0]  # fmt: skip
         assert json.loads(line)["fallback"] is falls_back
-    plain = finescale("puzzle", "predict", "--puzzle", puzzles / record["puzzle"], puzzles / record["piece"])
+    plain = finescale_in_process("puzzle", "predict", "--puzzle", puzzles / record["puzzle"], puzzles / record["piece"])
     assert json.loads(plain.stdout.splitlines()[0])["method"] == "classical"  # no checkpoint: no training needed
     assert overlay.stat().st_size > 1000
 
 
 def test_errors_are_one_line(puzzles: Path, tmp_path: Path):
-    no_out = finescale("puzzle", "eval", "--json", puzzles / "test.json", check=False)  # classical by default
+    # classical by default, which needs --out
+    no_out = finescale_in_process("puzzle", "eval", "--json", puzzles / "test.json", check=False)
     assert no_out.returncode == 2 and no_out.stderr.strip().startswith("error: the classical matcher")
-    no_checkpoint = finescale("puzzle", "eval", "--method", "hybrid", "--json", puzzles / "test.json", check=False)
+    no_checkpoint = finescale_in_process(
+        "puzzle", "eval", "--method", "hybrid", "--json", puzzles / "test.json", check=False
+    )
     assert no_checkpoint.returncode == 2 and "needs --checkpoint" in no_checkpoint.stderr
-    missing = finescale(
+    missing = finescale_in_process(
         "puzzle",
         "predict",
         "--method",
@@ -93,11 +100,11 @@ def test_errors_are_one_line(puzzles: Path, tmp_path: Path):
         check=False,
     )
     assert missing.returncode == 2 and "not found" in missing.stderr
-    wrong_method = finescale(
+    wrong_method = finescale_in_process(
         "puzzle", "eval", "--json", puzzles / "test.json", "--out", tmp_path / "m.json", "--accept", "0.5", check=False
     )
     assert wrong_method.returncode == 2 and "only apply to --method hybrid" in wrong_method.stderr
-    no_space = finescale("hpo", "puzzle", "--out", tmp_path / "hpo", check=False)
+    no_space = finescale_in_process("hpo", "puzzle", "--out", tmp_path / "hpo", check=False)
     assert no_space.returncode == 2 and "no hyperparameter search space" in no_space.stderr
     assert not (tmp_path / "hpo").exists()  # refused before writing anything
 
@@ -122,7 +129,7 @@ def test_a_piece_larger_than_the_puzzle_is_refused(puzzles: Path, tmp_path: Path
     picture = cv2.imread(str(puzzles / record["puzzle"]))
     tiny = tmp_path / "tiny.png"
     cv2.imwrite(str(tiny), cv2.resize(picture, (60, 60), interpolation=cv2.INTER_AREA))
-    result = finescale("puzzle", "predict", "--puzzle", tiny, puzzles / record["piece"], check=False)
+    result = finescale_in_process("puzzle", "predict", "--puzzle", tiny, puzzles / record["piece"], check=False)
     assert result.returncode == 1 and result.stdout == "", result.stdout
     [line] = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "is larger than the puzzle picture" in line and "(60x60 px)" in line and record["piece"] in line

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import finescale
+from tests.conftest import finescale_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def browse(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess
 def test_report_loads_every_image_at_its_own_size(length_run: Path, implants: Path, tmp_path: Path):
     run = tmp_path / "run"
     shutil.copytree(length_run, run)
-    finescale("length", "eval", "--checkpoint", run, "--json", implants / "test.json")
+    finescale_in_process("length", "eval", "--checkpoint", run, "--json", implants / "test.json")  # the page's plots
     report = run / "report.html"
     page = report.read_text()
 
