@@ -15,13 +15,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/finescale demo --out runs/demo
 
-# --dist worksteal: xdist's default hands each worker a first chunk of consecutive tests, so one worker got every
-# contract and smoke test (they sort before unit/) while the other idled after the unit tests
+# --dist loadfile: xdist's default hands each worker a first chunk of consecutive tests, so one worker got every
+# contract and smoke test (they sort before unit/) while the other idled; whole files per worker also keep each
+# module-scoped fixture (a trained run) built once
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal --timeout 900 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --timeout 900 tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist worksteal -m "not slow and not distributed" tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not distributed" tests
 
 bench: $(STAMP)
 	$(BIN)/finescale bench length --preset quick --out runs/bench/length
