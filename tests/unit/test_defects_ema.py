@@ -93,20 +93,27 @@ class ToyTask(L.LightningModule):
         return torch.optim.SGD(self.model.parameters(), lr=0.5)
 
 
-def test_the_teacher_follows_three_steps_of_a_real_trainer():
+def fit_toy(callback: EMATeacher, samples: int, max_steps: int, **trainer_options) -> ToyTask:
+    """A ToyTask trained by a real Lightning Trainer with ``callback``, batches of 4 seeded samples."""
     torch.manual_seed(0)
-    data = DataLoader(TensorDataset(torch.randn(12, 4), torch.randn(12)), batch_size=4)
+    data = DataLoader(TensorDataset(torch.randn(samples, 4), torch.randn(samples)), batch_size=4)
     task = ToyTask()
     trainer = L.Trainer(
-        max_steps=3,
+        max_steps=max_steps,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[EMATeacher(0.75, ramp=False)],
+        callbacks=[callback],
+        **trainer_options,
     )
     trainer.fit(task, train_dataloaders=data)
+    return task
+
+
+def test_the_teacher_follows_three_steps_of_a_real_trainer():
+    task = fit_toy(EMATeacher(0.75, ramp=False), 12, 3)
     assert len(task.after_step) == 3
     params = {name for name, _ in task.model.named_parameters()}
     expected = {k: v.clone() for k, v in task.initial.items()}
@@ -123,20 +130,7 @@ def test_the_teacher_follows_three_steps_of_a_real_trainer():
 
 
 def test_accumulation_batches_do_not_update():
-    torch.manual_seed(0)
-    data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randn(16)), batch_size=4)
-    task = ToyTask()
-    trainer = L.Trainer(
-        max_steps=2,
-        accumulate_grad_batches=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[EMATeacher(0.5, ramp=False)],
-    )
-    trainer.fit(task, train_dataloaders=data)
+    task = fit_toy(EMATeacher(0.5, ramp=False), 16, 2, accumulate_grad_batches=2)
     # 4 batches, 2 optimizer steps: the teacher saw the student after batch 2 and after batch 4
     steps = [task.after_step[1], task.after_step[3]]
     expected = task.initial["2.weight"]
@@ -149,19 +143,7 @@ def test_the_ramp_averages_the_start_then_settles_at_the_momentum():
     ramp = EMATeacher(0.9)
     assert [ramp.momentum_at(n) for n in (1, 3, 9, 20)] == [0.5, 0.75, 0.9, 0.9]
     assert EMATeacher(0.9, ramp=False).momentum_at(1) == 0.9
-    torch.manual_seed(0)
-    data = DataLoader(TensorDataset(torch.randn(12, 4), torch.randn(12)), batch_size=4)
-    task = ToyTask()
-    trainer = L.Trainer(
-        max_steps=3,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[EMATeacher(0.999)],
-    )
-    trainer.fit(task, train_dataloaders=data)
+    task = fit_toy(EMATeacher(0.999), 12, 3)
     # momenta 1/2, 2/3, 3/4: the teacher is the plain mean of the initial weights and the three students
     params = {name for name, _ in task.model.named_parameters()}
     got = task.teacher.state_dict()

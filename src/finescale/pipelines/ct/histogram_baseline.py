@@ -20,7 +20,7 @@ import numpy as np
 
 from finescale.pipelines.ct.config import CTConfig
 from finescale.pipelines.ct.data import ensure_store, load_records
-from finescale.pipelines.ct.task import ct_scores
+from finescale.pipelines.ct.task import ct_scores, renamed_scores
 from finescale.pipelines.ct.views import corruption
 
 # bin edges in HU: air and emphysema, lung, ground glass, fat, fluid and soft tissue, contrast, calcium, metal
@@ -92,8 +92,8 @@ def histogram_baseline(train_json: Path, test_json: Path) -> dict[str, dict[str,
     predict = fit_label_models(x["train"], y["train"], best_c)
     metrics: dict[str, Any] = {**ct_scores(predict(x["test"]), y["test"]), "ct_histogram_c": best_c}
     corrupted = predict(_features(records["test"], store, corruption()))
-    metrics.update({f"ct_corrupted_{k[3:]}": v for k, v in ct_scores(corrupted, y["test"]).items()})
+    metrics.update(renamed_scores(ct_scores(corrupted, y["test"]), "ct_corrupted_"))
     if "external" in x:
-        metrics.update({f"ct_external_{k[3:]}": v for k, v in ct_scores(predict(x["external"]), y["external"]).items()})
+        metrics.update(renamed_scores(ct_scores(predict(x["external"]), y["external"]), "ct_external_"))
     metrics["train_seconds"] = time.perf_counter() - start
     return {NAME: metrics}

@@ -23,6 +23,11 @@ def ct_scores(probs: Any, labels: Any) -> dict[str, Any]:
     return vlm3d_scores(probs, labels, LABELS, prefix="ct_")
 
 
+def renamed_scores(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """:func:`ct_scores` of another set under its own prefix: ``ct_macro_auroc`` -> ``ct_external_macro_auroc``."""
+    return {prefix + k.removeprefix("ct_"): v for k, v in metrics.items()}
+
+
 class CTTask(TaskModule):
     config_class = CTConfig
     monitor = "val/ct_macro_auroc"

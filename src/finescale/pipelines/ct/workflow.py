@@ -28,7 +28,7 @@ from finescale.pipelines.ct.data import CTDataModule, CTVolumes, ensure_store, l
 from finescale.pipelines.ct.inference import ensemble_probabilities
 from finescale.pipelines.ct.mixing import BatchMixing
 from finescale.pipelines.ct.progressive import ProgressiveResizing
-from finescale.pipelines.ct.task import CTTask, ct_scores
+from finescale.pipelines.ct.task import CTTask, ct_scores, renamed_scores
 
 log = logging.getLogger("finescale")
 TITLE = "finescale ct: 18 chest-CT abnormalities per volume"
@@ -129,20 +129,16 @@ def evaluate(
     metrics = {**ct_scores(probs, labels), "ct_members": len(tasks), "ct_tta": tta}
     if robustness:
         corrupted, _ = ensemble_probabilities(tasks, data.records, store, corrupt=True, **options)
-        metrics.update(_renamed(ct_scores(corrupted, labels), "ct_corrupted_"))
+        metrics.update(renamed_scores(ct_scores(corrupted, labels), "ct_corrupted_"))
     if external_json is not None:
         external = load_records(external_json)
         ext_store = ensure_store(tasks[0].cfg, [Path(external_json)])
         ext_probs, _ = ensemble_probabilities(tasks, external.records, ext_store, **options)
         ext_labels = np.array([r["labels"] for r in external.records], dtype=np.float32)
-        metrics.update(_renamed(ct_scores(ext_probs, ext_labels), "ct_external_"))
+        metrics.update(renamed_scores(ct_scores(ext_probs, ext_labels), "ct_external_"))
     metrics.update(prefix_metrics("ct", skipped_counts("eval", data)))
     figures = write_outputs(out.parent, Path(manifest).stem, data.records, probs, uncertainty, labels)
     return finish_evaluation(out, manifest, metrics, run_dir=first.parent, title=TITLE, figures=figures)
-
-
-def _renamed(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:
-    return {prefix + k.removeprefix("ct_"): v for k, v in metrics.items()}
 
 
 def write_outputs(
