@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from finescale.data.ct_io import LABELS, volume_relpath
+from finescale.data.stratify import iterative_stratification
 from finescale.synth import ct_labels
 from finescale.synth.ct_phantom import DEFAULT_SHAPE, SIGNATURE_STRENGTH, default_spacing, render_volume
 from finescale.synth.ct_scanner import SCANNERS
@@ -70,16 +71,17 @@ class VolumeJob:
     storage: str
 
 
-def _split_patients(n_patients: int, rng: np.random.Generator) -> list[str]:
-    """A split per patient: scanner B's share to ``external``, then val/test shares of the rest, at least one each
-    when there are enough patients."""
+def _split_patients(patient_labels: np.ndarray, rng: np.random.Generator) -> list[str]:
+    """A split per patient: scanner B's share to ``external``, then val/test shares of the rest (at least one each when
+    there are enough patients), stratified on the labels of the patient's scans so that every split holds its share
+    of each label's positives (:func:`~finescale.data.stratify.iterative_stratification`)."""
+    n_patients = len(patient_labels)
     n_ext = max(1, round(EXTERNAL_SHARE * n_patients)) if n_patients >= 4 else 0
     n_a = n_patients - n_ext
     n_val = max(1, round(SPLIT_SHARES["val"] * n_a)) if n_a >= 3 else 0
     n_test = max(1, round(SPLIT_SHARES["test"] * n_a)) if n_a >= 3 else 0
-    splits = ["external"] * n_ext + ["val"] * n_val + ["test"] * n_test
-    splits += ["train"] * (n_patients - len(splits))
-    return [splits[i] for i in rng.permutation(n_patients)]
+    sizes = {"external": n_ext, "val": n_val, "test": n_test, "train": n_a - n_val - n_test}
+    return iterative_stratification(patient_labels, sizes, rng)
 
 
 def _storage_schemes(n: int, rng: np.random.Generator) -> list[str]:
@@ -113,7 +115,14 @@ def plan_volumes(n: int, seed: int, shape: tuple[int, int, int] = DEFAULT_SHAPE)
         else:
             last.pop()
         excess -= 1
-    splits = _split_patients(len(structure), rng)
+    # findings and reported labels first (their RNG streams are the patient's and the scan's own), then the split
+    found = [ct_labels.sample_findings(np.random.default_rng([seed, 1, p]), len(r)) for p, r in enumerate(structure)]
+    scan_rngs = [[np.random.default_rng([seed, 2, p, s]) for s in range(len(r))] for p, r in enumerate(structure)]
+    reported = [
+        [ct_labels.report_labels(f, g) for f, g in zip(fs, gs, strict=True)]
+        for fs, gs in zip(found, scan_rngs, strict=True)
+    ]
+    splits = _split_patients(np.array([np.any(r, axis=0) for r in reported]), rng)
     storage = _storage_schemes(n, rng)
     counters = {"train": 0, "valid": 0}
     jobs: list[VolumeJob] = []
@@ -122,10 +131,9 @@ def plan_volumes(n: int, seed: int, shape: tuple[int, int, int] = DEFAULT_SHAPE)
         counters[prefix] += 1
         patient = f"{prefix}_{counters[prefix]}"
         scanner = "B" if split == "external" else "A"
-        found = ct_labels.sample_findings(np.random.default_rng([seed, 1, p]), len(recons))
         for s, n_recon in enumerate(recons):
-            scan_rng = np.random.default_rng([seed, 2, p, s])
-            labels = tuple(int(v) for v in ct_labels.report_labels(found[s], scan_rng))
+            scan_rng = scan_rngs[p][s]
+            labels = tuple(int(v) for v in reported[p][s])
             base = default_spacing(scanner, shape)
             xy = round(base[1] * scan_rng.uniform(0.93, 1.07), 4)
             spacing = (round(base[0] * scan_rng.uniform(0.95, 1.05), 4), xy, xy)
@@ -135,7 +143,7 @@ def plan_volumes(n: int, seed: int, shape: tuple[int, int, int] = DEFAULT_SHAPE)
                 jobs.append(VolumeJob(
                     index=len(jobs), name=name, patient=patient, split=split, scanner=scanner, kernel=r,
                     patient_seed=(seed, 1, p), scan_seed=(seed, 2, p, s), volume_seed=(seed, 3, len(jobs)),
-                    findings=tuple(bool(f) for f in found[s]), labels=labels, spacing=spacing,
+                    findings=tuple(bool(f) for f in found[p][s]), labels=labels, spacing=spacing,
                     thickness_mm=round(thickness, 3), storage=storage[len(jobs)],
                 ))  # fmt: skip
     return jobs
