@@ -22,10 +22,7 @@ class CTModelConfig(Section):
         0.5, gt=0, description="3-D baseline: width factor of the MONAI ResNet's stages (1.0 in full)"
     )
     volume_stem_stride: int = Field(2, ge=1, description="3-D baseline: its first convolution's stride (MedicalNet: 2)")
-    backbone: str = Field(
-        "mobilenetv4_conv_small",
-        description="timm 2-D backbone (resnet50 in full; quick's is 4x faster than resnet10t on CPU, as accurate)",
-    )
+    backbone: str = Field("resnet10t", description="timm 2-D backbone (resnet50 in full)")
     pretrained: bool = Field(False, description="load timm's pretrained weights (needs them cached locally)")
     weights: str | None = Field(None, description="state-dict file to load into the backbone")
     attention: Literal["none", "cbam", "medical", "dual"] = Field(
@@ -98,7 +95,7 @@ class CTLossConfig(Section):
 
 class CTConfig(RunConfig):
     pipeline: Literal["ct"] = "ct"
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=8, batch_size=4, lr=2e-3))
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=8, batch_size=8, lr=2e-3))
     model: CTModelConfig = Field(default_factory=CTModelConfig)
     data: CTDataConfig = Field(default_factory=CTDataConfig)
     loss: CTLossConfig = Field(default_factory=CTLossConfig)
