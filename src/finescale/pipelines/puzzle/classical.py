@@ -27,8 +27,9 @@ from finescale.pipelines.puzzle.piece_photo import piece_mask, skew_angle, strai
 
 
 def sanitize_scores(res: np.ndarray) -> np.ndarray:
-    """Scores of masked ``TM_CCOEFF_NORMED`` made safe for ``cv2.minMaxLoc``: windows with no variance give NaN or
-    inf (and round-off can push |r| past 1) there; all of those become -1, the rest is clipped to [-1, 1]."""
+    """Scores of masked ``TM_CCOEFF_NORMED`` made safe for ``cv2.minMaxLoc``: OpenCV 4.x gives NaN or inf on
+    windows with no variance (5.x gives 0), and round-off can push |r| past 1; all of those become -1, the rest is
+    clipped to [-1, 1]."""
     res = np.nan_to_num(res, nan=-1.0, posinf=-1.0, neginf=-1.0)
     res[np.abs(res) > 1.0 + 1e-3] = -1.0
     return np.clip(res, -1.0, 1.0, out=res)
