@@ -138,3 +138,13 @@ def test_the_histogram_baseline_scores_like_a_deep_run(phantoms: Path):
     same = {k for k in metrics if k != "train_seconds"}
     # deterministic: the same numbers twice (compared as JSON text: an undefined AUROC is NaN, never == itself)
     assert json.dumps({k: again[k] for k in sorted(same)}) == json.dumps({k: metrics[k] for k in sorted(same)})
+
+    # a bench at another grid (e.g. --preset full) gets this row on its own grid's store, not the quick one
+    from finescale.config import build_config
+    from finescale.pipelines.ct.config import CTConfig
+    from finescale.pipelines.ct.data import store_path
+
+    coarse = build_config(CTConfig, preset="quick", config_file=None, overrides={"shape": [16, 32, 32]})
+    assert not store_path(coarse, phantoms / "train.json").exists()
+    histogram_baseline(phantoms / "train.json", phantoms / "test.json", coarse)
+    assert store_path(coarse, phantoms / "train.json").exists()

@@ -121,7 +121,8 @@ def run_bench(
             rows.append(summarise(name, list(seeds) if per_seed else [], results, pipeline.bench_metrics))
             write_bench(out, pipeline, preset, rows)
     if pipeline.extra_baselines is not None:
-        for name, metrics in pipeline.extra_baselines(data_dir / "train.json", data_dir / "test.json").items():
+        extra = pipeline.extra_baselines(data_dir / "train.json", data_dir / "test.json", base_cfg)
+        for name, metrics in extra.items():
             rows.append(summarise(name, [], [metrics], pipeline.bench_metrics))
     return write_bench(out, pipeline, preset, rows)
 

@@ -93,7 +93,8 @@ class Pipeline:
     # config overrides of the `finescale demo` run, where the quick preset alone would not fit the demo's 20 minutes
     # for all pipelines (defects' shorter schedule); the demo's report says so
     demo_overrides: Mapping[str, Any] = field(default_factory=dict)
-    extra_baselines: Callable[..., Any] | None = field(default=None)  # (train_json, test_json) -> {name: metrics}
+    # (train_json, test_json, the bench's base config) -> {name: metrics}: rows trained outside the shared trainer
+    extra_baselines: Callable[..., Any] | None = field(default=None)
     # (seed's config, folder) -> overrides: parts that every bench variant of one seed shares, trained once there
     bench_shared: Callable[..., dict[str, Any]] | None = None
     search: SearchSpace | None = None  # the hyperparameter search space of `finescale hpo <name>`

@@ -71,15 +71,16 @@ def fit_label_models(x: np.ndarray, y: np.ndarray, c: float) -> Callable[[np.nda
     return predict
 
 
-def histogram_baseline(train_json: Path, test_json: Path) -> dict[str, dict[str, Any]]:
+def histogram_baseline(train_json: Path, test_json: Path, cfg: CTConfig | None = None) -> dict[str, dict[str, Any]]:
     """The bench row: fitted on ``train_json``, C picked on the folder's val.json, scored like a deep run on
-    ``test_json``, its corrupted copy and (when the folder has one) external.json."""
+    ``test_json``, its corrupted copy and (when the folder has one) external.json. Reads the store of ``cfg``'s
+    grid (the bench's, default the quick preset's), the one the deep rows read."""
     start = time.perf_counter()
     folder = Path(test_json).parent
     manifests = {"train": Path(train_json), "val": folder / "val.json", "test": Path(test_json)}
     if (folder / "external.json").exists():
         manifests["external"] = folder / "external.json"
-    store = ensure_store(CTConfig(), list(manifests.values()))  # the quick grid's store, the deep runs' own
+    store = ensure_store(cfg or CTConfig(), list(manifests.values()))
     records = {split: load_records(path).records for split, path in manifests.items()}
     x = {split: _features(recs, store) for split, recs in records.items()}
     y = {split: _labels(recs) for split, recs in records.items()}

@@ -8,6 +8,7 @@ radiographs, so this baseline cannot read length precisely; the gap to it is wha
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rich.progress import track
@@ -29,7 +30,10 @@ def pixel_features(records: list[dict]) -> np.ndarray:
     return np.asarray(rows)
 
 
-def pixel_extent_baseline(train_json: str | Path, test_json: str | Path) -> dict[str, dict[str, float]]:
+def pixel_extent_baseline(
+    train_json: str | Path, test_json: str | Path, cfg: Any = None
+) -> dict[str, dict[str, float]]:
+    """Least squares of the length on the implant's pixel extent and width; ``cfg`` (the bench's) is unused."""
     train, test = load_records(train_json).records, load_records(test_json).records
     y_train = np.array([r["length_mm"] for r in train])
     y_test = np.array([r["length_mm"] for r in test])

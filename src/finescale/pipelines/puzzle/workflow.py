@@ -152,9 +152,10 @@ def example_inputs(manifest: str | Path, n: int = 3) -> tuple[list[Path], dict[s
     return [root / r["piece"] for r in first], {"puzzle": root / first[0]["puzzle"]}
 
 
-def classical_baseline(train_json: str | Path, test_json: str | Path) -> dict[str, dict[str, Any]]:
+def classical_baseline(train_json: str | Path, test_json: str | Path, cfg: Any = None) -> dict[str, dict[str, Any]]:
     """The bench's training-free rows on the test manifest (the training set is unused): the classical matcher as
-    is (SIFT, else templates) and with templates only (the hybrid's fallback and verifier)."""
+    is (SIFT, else templates) and with templates only (the hybrid's fallback and verifier). Training-free, so
+    the bench's ``cfg`` does not change it."""
     data = load_records(test_json)
     rows = {}
     for name, matcher in (
