@@ -33,20 +33,25 @@ FAST_HEARTBEAT = {"FINESCALE_HPO_HEARTBEAT_S": "1", "FINESCALE_HPO_GRACE_S": "10
 FINISHED = ("COMPLETE", "PRUNED")
 
 
-def _trials(db: Path) -> list[dict]:
+def _trials(db: Path, *, polling: bool = True) -> list[dict]:
     """Every trial's number, state and whether it trains (has a heartbeat and parameters), read straight from the
-    SQLite file: one quick read-only query, so the poll sees the first finished trial at once
-    (``optuna.load_study`` takes long enough, and waits on the workers' write locks, that the whole study could end
-    between two polls)."""
+    SQLite file. While the study runs (``polling``): one quick read-only query, so the poll sees the first finished
+    trial at once (``optuna.load_study`` takes long enough, and waits on the workers' write locks, that the whole
+    study could end between two polls); a write in progress reads as no trials yet. After a kill (``polling=False``):
+    a writable connection, because a worker killed inside a write leaves a hot journal that only a writer may roll
+    back (a read-only one fails, which once read as "no finished trial"), and errors are raised, not swallowed."""
     if not db.exists():
         return []
     query = """SELECT number, state, EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)
                                      AND EXISTS (SELECT 1 FROM trial_params p WHERE p.trial_id = t.trial_id)
                FROM trials t ORDER BY number"""
+    uri, timeout = (f"file:{db}?mode=ro", 0.2) if polling else (f"file:{db}", 30.0)
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.2) as conn:
+        with sqlite3.connect(uri, uri=True, timeout=timeout) as conn:
             return [{"number": n, "state": s, "trains": bool(h)} for n, s, h in conn.execute(query)]
     except sqlite3.OperationalError:  # tables not created yet, or a write in progress
+        if not polling:
+            raise
         return []
 
 
@@ -122,7 +127,7 @@ def test_hpo_killed_and_rerun_ends_with_all_trials_then_analyzes(
     if left:
         os.killpg(proc.pid, signal.SIGKILL)
     assert not left, f"worker processes {sorted(left)} outlived the killed hpo process"
-    trials = _trials(out / "study.db")
+    trials = _trials(out / "study.db", polling=False)
     assert 1 <= sum(t["state"] in FINISHED for t in trials) < 4, "the study should have been killed part-way"
 
     finescale(*args)  # the same command continues the stored study
