@@ -38,8 +38,8 @@ def _trials(db: Path, *, polling: bool = True) -> list[dict]:
     SQLite file. While the study runs (``polling``): one quick read-only query, so the poll sees the first finished
     trial at once (``optuna.load_study`` takes long enough, and waits on the workers' write locks, that the whole
     study could end between two polls); a write in progress reads as no trials yet. After a kill (``polling=False``):
-    a writable connection, because a worker killed inside a write leaves a hot journal that only a writer may roll
-    back (a read-only one fails, which once read as "no finished trial"), and errors are raised, not swallowed."""
+    a writable connection, because a worker killed inside a write can leave a hot journal that only a writer may
+    roll back (the likely reason this read once saw no finished trial), and errors are raised, not swallowed."""
     if not db.exists():
         return []
     query = """SELECT number, state, EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)

@@ -58,7 +58,10 @@ def test_training_views_touch_only_the_slab():
     poisoned = np.full_like(vol, np.nan)  # any read of a slice outside the slab would show as NaN in the output
     slab = slab_indices(index, vol.shape[0], neighbours=True)
     poisoned[slab] = vol[slab]
+    augment, seen = views.augment, []
+    views.augment = lambda hu, rng: seen.append(hu.shape) or augment(hu, rng)  # records what gets augmented
     out = views(poisoned, np.random.default_rng(3))["slices"]
+    assert seen == [(len(slab), 48, 48)]  # the slab alone, not the 40-slice volume
     assert out.shape == (6, 3, 48, 48) and torch.isfinite(out).all()
     again = views(poisoned, np.random.default_rng(3))["slices"]
     torch.testing.assert_close(out, again)  # the same rng state gives the same augmentation

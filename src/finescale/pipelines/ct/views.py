@@ -39,8 +39,8 @@ def corruption() -> Callable[[np.ndarray], np.ndarray]:
 
 def slab_indices(index: np.ndarray, depth: int, *, neighbours: bool) -> np.ndarray:
     """The sorted, distinct slices a 2-D view reads: the chosen ``index``, plus each one's clamped neighbours above
-    and below when the channels are adjacent slices. The random tail runs on this slab alone (12 of 64 slices in the
-    quick grid: ~5x less work). Every CT transform is in-plane except breathing motion, which
+    and below when the channels are adjacent slices. The random tail runs on this slab alone (12 of the quick grid's 64
+    slices with window channels). Every CT transform is in-plane except breathing motion, which
     displaces a run of consecutive slab rows: still a run of slices in acquisition (z) order, only sparser."""
     rows = [index - 1, index, index + 1] if neighbours else [index]
     return np.unique(np.clip(np.concatenate(rows), 0, depth - 1))
