@@ -50,6 +50,11 @@ def test_bench_writes_the_table_and_resumes(implants: Path, tmp_path: Path):
     stamp = (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime
     finescale_in_process(*args)
     assert (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime == stamp
+    # a finished run is reused only for the config it was trained with: another schedule is refused in one line
+    config.write_text(TINY_YAML.replace("epochs: 1", "epochs: 2"))
+    refused = finescale_in_process(*args, check=False)
+    assert refused.returncode != 0 and "trainer.epochs: 1 -> 2" in refused.stderr
+    assert (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime == stamp
 
 
 DEMO_YAML = """

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tests.conftest import finescale
+from tests.conftest import finescale, finescale_in_process
 
 from finescale.data.ct_io import LABELS
 from finescale.pipelines import get_pipeline
@@ -101,16 +101,29 @@ def test_3d_baseline_and_a_labels_csv_as_manifest(phantoms: Path, tmp_path: Path
     test = phantoms / "test.json"
     metrics = json.loads(finescale("ct", "eval", "--checkpoint", run, "--json", test, "--no-robustness").stdout)
     assert metrics["ct_n"] == len(json.loads((phantoms / "test.json").read_text()))
+    # the 3-D network has no dropout: MC-dropout samples of it would all be equal, so bayesian is refused
+    args = ["ct", "eval", "--checkpoint", run, "--json", test, "--ensemble", "bayesian"]
+    refused = finescale_in_process(*args, check=False)
+    assert refused.returncode != 0 and "MC dropout needs a dropout layer" in refused.stderr
 
 
-def test_bench_rows_of_the_recipes_ensembles_and_tta_reuse_its_runs(runs: list[Path], phantoms: Path, tmp_path: Path):
-    from finescale.pipelines.ct.bench import ENSEMBLE_KINDS, TTA_VIEWS, bench_combined
+def test_bench_rows_without_training_reuse_finished_runs(runs: list[Path], phantoms: Path, tmp_path: Path):
+    import torch
+
+    from finescale.pipelines.ct.bench import CALIBRATION_KINDS, ENSEMBLE_KINDS, TTA_VIEWS, bench_combined
+    from finescale.pipelines.ct.workflow import evaluate
 
     for k, run in enumerate(runs):  # what the bench leaves in a finished run: its test metrics and training time
         (run / "test_metrics.json").write_text(json.dumps({"train_seconds": 10.0 + k}))
+    baseline_ckpt = (runs[0] / "best.ckpt").read_bytes()
     out = tmp_path / "combined"
     rows = bench_combined({"recipe": runs, "baseline": runs[:1]}, phantoms, out)
-    assert set(rows) == {*(f"recipe ensemble {kind} x2" for kind in ENSEMBLE_KINDS), f"recipe TTA x{TTA_VIEWS}"}
+    calibrated = {f"+calibration {kind}" for kind in CALIBRATION_KINDS}
+    assert set(rows) == {
+        *(f"recipe ensemble {kind} x2" for kind in ENSEMBLE_KINDS),
+        f"recipe TTA x{TTA_VIEWS}",
+        *calibrated,
+    }
     for kind in ENSEMBLE_KINDS:
         (ensemble,) = rows[f"recipe ensemble {kind} x2"]
         assert ensemble["ct_members"] == 2 and ensemble["train_seconds"] == 21.0  # both members' training
@@ -119,12 +132,23 @@ def test_bench_rows_of_the_recipes_ensembles_and_tta_reuse_its_runs(runs: list[P
     assert [r["ct_tta"] for r in tta] == [TTA_VIEWS, TTA_VIEWS] and [r["train_seconds"] for r in tta] == [10.0, 11.0]
     # bayesian (MC dropout) and mean combine the same members differently
     assert rows["recipe ensemble mean x2"][0] != rows["recipe ensemble bayesian x2"][0]
+    # calibration refits a copy of the baseline's checkpoint: the run itself is untouched, the copy says its kind
+    assert (runs[0] / "best.ckpt").read_bytes() == baseline_ckpt
+    platt = torch.load(out / "calibration_platt" / runs[0].name / "best.ckpt", weights_only=True)
+    assert platt["hyper_parameters"]["config"]["model"]["calibration"] == "platt"
+    assert platt["state_dict"]["model.calibration"][1].abs().sum() > 0  # Platt fits a bias, temperature does not
+    (temperature,) = rows["+calibration temperature"]
+    assert temperature["train_seconds"] == 10.0  # the baseline's training, nothing more
+    # a positive temperature per label keeps every label's ranking: the AUROC of the uncalibrated checkpoint
+    plain = evaluate(runs[0] / "best.ckpt", phantoms / "test.json", out=tmp_path / "plain.json", robustness=False)
+    assert temperature["ct_macro_auroc"] == pytest.approx(plain["ct_macro_auroc"], abs=1e-6)
     # a second bench run reads the kept evaluations instead of scoring again
     kept = sorted(out.rglob("test_metrics.json"))
     stamps = [p.stat().st_mtime_ns for p in kept]
-    assert bench_combined({"recipe": runs}, phantoms, out) == rows
-    assert [p.stat().st_mtime_ns for p in kept] == stamps and len(kept) == len(ENSEMBLE_KINDS) + len(runs)
-    assert bench_combined({"baseline": runs}, phantoms, out) == {}  # no recipe, no rows
+    assert bench_combined({"recipe": runs, "baseline": runs[:1]}, phantoms, out) == rows
+    assert [p.stat().st_mtime_ns for p in kept] == stamps
+    assert len(kept) == len(ENSEMBLE_KINDS) + len(runs) + len(CALIBRATION_KINDS)
+    assert bench_combined({"x": runs}, phantoms, out) == {}  # neither a baseline nor a recipe: no rows
 
 
 def test_the_histogram_baseline_scores_like_a_deep_run(phantoms: Path):

@@ -157,3 +157,14 @@ def test_tta_aggregation() -> None:
     torch.testing.assert_close(tta_aggregate(views, "logit_mean"), expected)
     assert tta_aggregate(views, "logit_mean")[0, 0] == pytest.approx(0.5, abs=1e-6)  # odds 1/9 and 9 cancel
     torch.testing.assert_close(tta_aggregate(views[:1], "logit_mean"), views[0], rtol=0, atol=1e-6)
+
+
+def test_mc_dropout_on_a_model_without_dropout_is_an_error():
+    from finescale.errors import FinescaleError
+    from finescale.eval.uncertainty import mc_dropout
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.0)).eval()  # p = 0: every sample equal
+    with pytest.raises(FinescaleError, match="dropout layer with p > 0"):
+        mc_dropout(model, lambda: {"y": model(torch.zeros(1, 3))}, 4)
+    model[1].p = 0.5
+    assert mc_dropout(model, lambda: {"y": model(torch.ones(1, 3))}, 4)["y"].shape == (4, 1, 2)

@@ -203,6 +203,13 @@ def test_enhanced_head_pools_the_map_and_plain_head_is_one_linear():
     plain = PlainHead(64)
     assert isinstance(plain, nn.Linear) and (plain.in_features, plain.out_features) == (64, 18)
     torch.testing.assert_close(plain(x.mean(dim=(2, 3))), F.linear(x.mean(dim=(2, 3)), plain.weight, plain.bias))
+    # its optional dropout acts in training only and adds no weights: the same state dict as without it
+    dropped = PlainHead(64, dropout=0.5)
+    assert set(dropped.state_dict()) == set(plain.state_dict()) == {"weight", "bias"}
+    dropped.load_state_dict(plain.state_dict())
+    pooled = x.mean(dim=(2, 3))
+    torch.testing.assert_close(dropped.eval()(pooled), plain(pooled))
+    assert not torch.allclose(dropped.train()(pooled), plain(pooled))
 
 
 def test_volume3d_classifier_on_a_tiny_volume():
@@ -224,5 +231,6 @@ def test_volume3d_stem_strides_like_medicalnet_and_old_checkpoints_keep_monais_s
     old = {"pipeline": "ct", "model": {"dimension": "3d"}}  # written before the two fields existed
     upgraded = CTConfig.model_validate(upgrade_checkpoint_config(old))
     assert (upgraded.model.volume_width, upgraded.model.volume_stem_stride) == (1.0, 1)
+    assert upgraded.model.head_dropout == 0.0  # a plain head of then had no dropout, whatever today's default
     today = CTConfig.model_validate({"pipeline": "ct"})
     assert upgrade_checkpoint_config(today.model_dump(mode="json")) == today.model_dump(mode="json")

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from finescale.config import build_config
+from finescale.engine.rundir import run_config
 from finescale.errors import FinescaleError
 from finescale.eval import plots
 from finescale.pipelines import Pipeline, prefix_metrics
@@ -45,9 +46,16 @@ def run_variant(
     """Train and test one configuration in ``run_dir``; reuses a finished run and resumes a crashed one.
     ``callbacks`` are extra Lightning callbacks for the training (e.g. an HPO pruner)."""
     done = run_dir / TEST_METRICS
-    if done.exists():  # keys written before every metric carried the pipeline's name are read under today's
-        return prefix_metrics(pipeline.name, read_json(done))
     cfg = build_config(pipeline.config_class, preset=preset, config_file=config_file, overrides=overrides)
+    if done.exists():
+        changed = config_differences(run_config(run_dir) or {}, cfg.model_dump(mode="json"))
+        if changed:  # e.g. a preset's defaults changed since: its old numbers would pass for the new config's
+            raise FinescaleError(
+                f"{run_dir} was trained with another config ({', '.join(changed[:4])}): "
+                "delete that folder or bench into another --out"
+            )
+        # keys written before every metric carried the pipeline's name are read under today's
+        return prefix_metrics(pipeline.name, read_json(done))
     resume = (run_dir / "last.ckpt").exists()
     start = time.perf_counter()
     summary = pipeline.train(cfg, run_dir, resume=resume, callbacks=callbacks)
@@ -62,6 +70,24 @@ def run_variant(
     }
     write_json(done, metrics)
     return metrics
+
+
+def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose value differs between a finished run's config.yaml and the config the bench would train
+    now. Not compared: keys one side lacks (a field added or removed since), requested values of None (training
+    fills them in, e.g. ct's store path), and two paths to the same file."""
+    changed = []
+    for key in saved.keys() & requested.keys():
+        old, new = saved[key], requested[key]
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            changed += config_differences(old, new, f"{prefix}{key}.")
+        elif new is not None and old != new and not _same_path(old, new):
+            changed.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return sorted(changed)
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    return isinstance(a, str) and isinstance(b, str) and Path(a).resolve() == Path(b).resolve()
 
 
 def summarise(name: str, seeds: Sequence[int], results: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict:

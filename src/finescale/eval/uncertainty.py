@@ -8,12 +8,26 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from finescale.errors import FinescaleError
+
+
+def require_dropout(module: nn.Module) -> list[nn.Module]:
+    """``module``'s dropout layers; an error when none has p > 0, since MC-dropout "samples" of such a model would
+    all be equal and report zero uncertainty. Callers check before heavy work; :func:`dropout_active` always does."""
+    dropouts = [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    if not any(m.p > 0 for m in dropouts):
+        raise FinescaleError(
+            f"MC dropout needs a dropout layer with p > 0 and this {type(module).__name__} has none: "
+            "train with dropout (ct: --head enhanced, or --head-dropout above 0)"
+        )
+    return dropouts
+
 
 @contextmanager
 def dropout_active(module: nn.Module) -> Iterator[None]:
     """Inside the block only ``module``'s dropout layers are in training mode (norm layers keep theirs); the modes
     are restored after it."""
-    dropouts = [m for m in module.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    dropouts = require_dropout(module)
     modes = [m.training for m in dropouts]
     try:
         for layer in dropouts:

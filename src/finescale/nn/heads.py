@@ -52,7 +52,13 @@ class EnhancedHead(nn.Module):
 
 
 class PlainHead(nn.Linear):
-    """The baseline's head: one Linear, (B, in_features) -> (B, n_out)."""
+    """The baseline's head: one Linear, (B, in_features) -> (B, n_out), with an optional Dropout(``dropout``) in
+    front: the layer MC dropout samples when the enhanced head's three are not there. The dropout holds no weights,
+    so the state dict is the Linear's alone, with or without it."""
 
-    def __init__(self, in_features: int, n_out: int = 18) -> None:
+    def __init__(self, in_features: int, n_out: int = 18, dropout: float = 0.0) -> None:
         super().__init__(in_features, n_out)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.dropout(x))

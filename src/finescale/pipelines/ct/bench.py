@@ -1,11 +1,12 @@
 """Bench of the ``ct`` pipeline, all on the same data, budget and seeds: the plain baseline (backbone + one Linear,
 BCE, fixed windows, no augmentation, mean over slices, no calibration), each of the seed's techniques added alone,
-the recipe (all of them) and the recipe minus each; plus the 3-D baseline (a MONAI ResNet on the volume). The
+the recipe (all of them) and the recipe minus each; ``selected`` (the techniques that helped alone, together);
+``defaults`` (the preset as a user gets it); plus the 3-D baseline (a MONAI ResNet on the volume). The
 data-budget pair ``budget-source`` / ``budget-packed`` trains the baseline on the training volumes that fit in
 :data:`BUDGET_SHARE` of the training manifest's source-file bytes, counted as source files or as stored files, so it
-measures how much more data the packed store fits in one storage budget and what that buys. Then, from the recipe's
-finished runs without training: its seeds as one ensemble (mean, adaptive and bayesian combination) and each seed
-with test-time augmentation."""
+measures how much more data the packed store fits in one storage budget and what that buys. Then, without training:
+the baseline's runs with each per-label calibration refitted (the ``+calibration`` rows), the recipe's seeds as one
+ensemble (mean, adaptive and bayesian combination) and each seed with test-time augmentation."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ METRICS = (
 )
 
 ENSEMBLE_KINDS = ("mean", "adaptive", "bayesian")
+CALIBRATION_KINDS = ("temperature", "platt")
 TTA_VIEWS = 4  # as is, flipped, slices shifted up and down (views.py)
 BUDGET_SHARE = 0.35  # a store up to 1 / 0.35 = 2.9x smaller than the source files still fits less than all
 
@@ -36,7 +38,7 @@ BUDGET_SHARE = 0.35  # a store up to 1 / 0.35 = 2.9x smaller than the source fil
 TECHNIQUES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "attention": ({"attention": "cbam"}, {"attention": "none"}),
     "slice_attention": ({"slice_pool": "attention"}, {"slice_pool": "mean"}),
-    "enhanced_head": ({"head": "enhanced"}, {"head": "plain"}),
+    "enhanced_head": ({"head": "enhanced"}, {"head": "plain", "head_dropout": 0.0}),
     "adaptive_window": ({"window": "adaptive"}, {"window": "fixed"}),
     "denoise_clahe": ({"denoise": True, "clahe": True}, {"denoise": False, "clahe": False}),
     "ct_augment": ({"ct_augment": True, "elastic": True}, {"ct_augment": False, "elastic": False}),
@@ -61,11 +63,14 @@ def bench_variants(cfg: CTConfig) -> dict[str, dict[str, Any]]:
     baseline = {k: v for settings in off.values() for k, v in settings.items()}
     recipe = {k: v for settings in on.values() for k, v in settings.items()}
     variants: dict[str, dict[str, Any]] = {"baseline": {**baseline, "flips": False}}
-    variants.update({f"+{name}": {**baseline, "flips": False, **on[name]} for name in on})
+    # no trained "+calibration": its training is the baseline's, bench_combined refits the baseline's checkpoints
+    singles = [name for name in on if name != "calibration"]
+    variants.update({f"+{name}": {**baseline, "flips": False, **on[name]} for name in singles})
     variants["recipe"] = recipe
     variants.update({f"recipe-{name}": {**recipe, **off[name]} for name in on})
     variants["recipe-adjacent"] = {**recipe, "channels": "adjacent"}
     variants["selected"] = {**variants["baseline"], **{k: v for name in SELECTED for k, v in on[name].items()}}
+    variants["defaults"] = {}  # the preset exactly as a user gets it: the row its defaults are chosen by
     variants["3d"] = {**baseline, "dimension": "3d", "flips": False}
     for fmt in ("source", "packed"):  # the pair differs only in how a volume's bytes count against the budget
         budget = {"train_storage_share": BUDGET_SHARE, "train_storage_format": fmt}
@@ -80,27 +85,44 @@ def bench_eval_options(data_dir: Path) -> dict[str, Any]:
 
 
 def bench_combined(runs: Mapping[str, Sequence[Path]], data_dir: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
-    """The recipe's seeds as one ensemble, once per combination rule, and each seed with :data:`TTA_VIEWS` test-time
-    views, scored like every bench run (same test, external and corrupted sets). An ensemble's training time is the
-    sum of its members'. Each evaluation is kept in ``out`` and reused when the bench runs again."""
-    from finescale.pipelines.ct.workflow import evaluate
+    """Rows from finished runs, without training. The baseline's seeds with each per-label calibration refitted on
+    the validation split (``+calibration <kind>``: calibration changes no training step, so this is the
+    ``+calibration`` variant at no training cost). The recipe's seeds as one ensemble, once per combination rule,
+    and each seed with :data:`TTA_VIEWS` test-time views. All scored like every bench run (same test, external and
+    corrupted sets); a row's training time is its members'. Each evaluation is kept in ``out`` and reused when the
+    bench runs again."""
+    from finescale.pipelines.ct.workflow import calibrate, evaluate
 
-    finished = [Path(d) for d in runs.get("recipe", ()) if (Path(d) / TEST_METRICS).exists()]
-    if not finished:
-        return {}
     test_json = Path(data_dir) / "test.json"
 
-    def scored(folder: Path, members: Sequence[Path], **options: Any) -> dict[str, Any]:
+    def finished(variant: str) -> list[Path]:
+        return [Path(d) for d in runs.get(variant, ()) if (Path(d) / TEST_METRICS).exists()]
+
+    def scored(folder: Path, members: Sequence[Path], trained: Sequence[Path], **options: Any) -> dict[str, Any]:
         done = folder / TEST_METRICS
         if not done.exists():  # evaluate writes this file itself: its flat metrics, beside predictions and report
-            evaluate([m / BEST for m in members], test_json, out=done, **bench_eval_options(data_dir), **options)
-        seconds = sum(read_json(m / TEST_METRICS)["train_seconds"] for m in members)
+            evaluate(list(members), test_json, out=done, **bench_eval_options(data_dir), **options)
+        seconds = sum(read_json(m / TEST_METRICS)["train_seconds"] for m in trained)
         return {**read_json(done), "train_seconds": seconds}
 
+    def recalibrated(folder: Path, run: Path, kind: str) -> dict[str, Any]:
+        if not (folder / TEST_METRICS).exists():
+            calibrate(run / BEST, kind=kind, out=folder / BEST)
+        return scored(folder, [folder / BEST], [run])
+
     rows: dict[str, list[dict[str, Any]]] = {}
-    if len(finished) > 1:
+    baseline = finished("baseline")
+    for kind in CALIBRATION_KINDS if baseline else ():
+        rows[f"+calibration {kind}"] = [recalibrated(out / f"calibration_{kind}" / d.name, d, kind) for d in baseline]
+    recipe = finished("recipe")
+    if len(recipe) > 1:
         for kind in ENSEMBLE_KINDS:
-            row = f"recipe ensemble {kind} x{len(finished)}"
-            rows[row] = [scored(out / f"ensemble_{kind}", finished, ensemble=kind)]
-    rows[f"recipe TTA x{TTA_VIEWS}"] = [scored(out / f"tta{TTA_VIEWS}" / d.name, [d], tta=TTA_VIEWS) for d in finished]
+            folder = out / f"ensemble_{kind}"
+            rows[f"recipe ensemble {kind} x{len(recipe)}"] = [
+                scored(folder, [d / BEST for d in recipe], recipe, ensemble=kind)
+            ]
+    if recipe:
+        rows[f"recipe TTA x{TTA_VIEWS}"] = [
+            scored(out / f"tta{TTA_VIEWS}" / d.name, [d / BEST], [d], tta=TTA_VIEWS) for d in recipe
+        ]
     return rows

@@ -26,12 +26,15 @@ class CTModelConfig(Section):
     pretrained: bool = Field(False, description="load timm's pretrained weights (needs them cached locally)")
     weights: str | None = Field(None, description="state-dict file to load into the backbone")
     attention: Literal["none", "cbam", "medical", "dual"] = Field(
-        "cbam", description="attention on the backbone's feature map (the seed's CBAM, medical or DANet dual)"
+        "none", description="attention on the backbone's feature map (the seed's CBAM, medical or DANet dual)"
     )
     slice_pool: Literal["attention", "mean", "max"] = Field(
         "attention", description="how slice features become one volume feature (learnable slice importance)"
     )
-    head: Literal["enhanced", "plain"] = Field("enhanced", description="the seed's enhanced classifier or one Linear")
+    head: Literal["enhanced", "plain"] = Field("plain", description="the seed's enhanced classifier or one Linear")
+    head_dropout: float = Field(
+        0.2, ge=0, lt=1, description="plain head: dropout before its Linear (what --ensemble bayesian samples)"
+    )
     calibration: Literal["temperature", "platt", "none"] = Field(
         "temperature", description="per-label calibration fitted on the validation split after training"
     )
@@ -58,10 +61,10 @@ class CTDataConfig(Section):
     denoise: bool = Field(False, description="non-local-means denoising of each slice")
     clahe: bool = Field(False, description="CLAHE contrast enhancement of each slice")
     ct_augment: bool = Field(True, description="scanner noise, breathing motion, lung texture (training only)")
-    elastic: bool = Field(False, description="elastic deformation (training only)")
-    flips: bool = Field(True, description="left-right flips (training only)")
+    elastic: bool = Field(True, description="elastic deformation (training only)")
+    flips: bool = Field(False, description="left-right flips (training only)")
     mix: Literal["none", "mixup", "cutmix", "ct_aware"] = Field(
-        "none", description="batch mixing: mixup, cutmix (area-adjusted lambda) or anatomy-aligned CT-aware mixing"
+        "mixup", description="batch mixing: mixup, cutmix (area-adjusted lambda) or anatomy-aligned CT-aware mixing"
     )
     mix_alpha: float = Field(0.4, gt=0, description="Beta(alpha, alpha) of the mixing weight")
     cache: bool = Field(True, description="keep the stored volumes' slices in memory after the first read")
@@ -95,16 +98,18 @@ class CTLossConfig(Section):
 
 class CTConfig(RunConfig):
     pipeline: Literal["ct"] = "ct"
-    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=8, batch_size=8, lr=2e-3))
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(epochs=16, batch_size=8, lr=2e-3))
     model: CTModelConfig = Field(default_factory=CTModelConfig)
     data: CTDataConfig = Field(default_factory=CTDataConfig)
     loss: CTLossConfig = Field(default_factory=CTLossConfig)
 
 
 def upgrade_checkpoint_config(config: dict) -> dict:
-    """Checkpoints written before ``model.volume_width`` / ``volume_stem_stride`` existed built the 3-D baseline at
-    MONAI's defaults: full width, stride 1."""
-    model = config.get("model") or {}
-    if "volume_width" in model:
-        return config
-    return {**config, "model": {**model, "volume_width": 1.0, "volume_stem_stride": 1}}
+    """Fields a checkpoint's config may predate, filled with what the model was built with then: the 3-D baseline at
+    MONAI's defaults (full width, stride 1) before ``model.volume_width`` / ``volume_stem_stride``; a plain head
+    without dropout before ``model.head_dropout``."""
+    model = dict(config.get("model") or {})
+    model.setdefault("head_dropout", 0.0)  # before the field existed the plain head had no dropout
+    if "volume_width" not in model:
+        model.update(volume_width=1.0, volume_stem_stride=1)
+    return {**config, "model": model}

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from finescale.data.volume_store import VolumeStore
 from finescale.engine.predictor import move_to, resolve_device
 from finescale.eval.ensemble import combine, tta_aggregate
-from finescale.eval.uncertainty import mc_dropout
+from finescale.eval.uncertainty import mc_dropout, require_dropout
 from finescale.pipelines.ct.data import CTVolumes
 
 MC_SAMPLES = 8  # MC-dropout passes per member and view of the bayesian ensemble
@@ -56,6 +56,8 @@ def ensemble_probabilities(
     the same call gives the same numbers (the corrupted copy and MC dropout draw from a fixed stream)."""
     where = resolve_device(device)
     mc = MC_SAMPLES if ensemble == "bayesian" else 0
+    for task in tasks if mc else ():
+        require_dropout(task.model)
     members = []
     with torch.random.fork_rng(devices=[where.index or 0] if where.type == "cuda" else []):
         torch.manual_seed(0)

@@ -96,7 +96,10 @@ class SliceClassifier(Calibrated):
         channels = int(backbone.num_features)
         attention = ATTENTIONS_2D[m.attention](channels) if m.attention != "none" else nn.Identity()
         pool = SLICE_POOLS[m.slice_pool](channels)
-        head = EnhancedClassifier(channels, N_LABELS) if m.head == "enhanced" else PlainHead(channels, N_LABELS)
+        if m.head == "enhanced":
+            head = EnhancedClassifier(channels, N_LABELS)
+        else:
+            head = PlainHead(channels, N_LABELS, dropout=m.head_dropout)
         return cls(
             backbone=backbone,
             normalize=ImageNormalize(backbone.pretrained_cfg),

@@ -19,7 +19,7 @@ from finescale.engine.predictor import BatchedImagePredictor, Input
 from finescale.errors import FinescaleError
 from finescale.eval.ensemble import combine, tta_aggregate
 from finescale.eval.prediction_files import write_predictions_csv
-from finescale.eval.uncertainty import mc_dropout
+from finescale.eval.uncertainty import mc_dropout, require_dropout
 from finescale.pipelines.ct.inference import MC_SAMPLES
 from finescale.pipelines.ct.views import SliceViews
 
@@ -48,6 +48,9 @@ class CTPredictor(BatchedImagePredictor):
         self.members = [self.model, *(load_task(m, pipeline="ct").model.eval().to(self.device) for m in members)]
         if ensemble not in ("mean", "adaptive", "bayesian"):
             raise FinescaleError(f"--ensemble must be mean, adaptive or bayesian, got {ensemble!r}")
+        if ensemble == "bayesian":  # refused before the first volume is read, not after
+            for member in self.members:
+                require_dropout(member)
         self.ensemble, self.tta = ensemble, max(1, tta)
         self.metadata = read_metadata_csv(metadata_csv) if metadata_csv else {}
         self.views = [SliceViews(self.cfg, train=False, view=v) for v in range(self.tta)]

@@ -71,15 +71,19 @@ def collect_logits(task: Any, dataset: CTVolumes, device: str = "cpu") -> tuple[
     return torch.cat(logits), torch.cat(labels)
 
 
-def calibrate(checkpoint: Path) -> dict[str, float]:
-    """Fit the config's per-label calibration (temperature or Platt) on the validation split and write it into the
-    checkpoint's ``model.calibration`` buffer. Returns the validation BCE before and after."""
+def calibrate(checkpoint: Path, kind: str | None = None, out: Path | None = None) -> dict[str, float]:
+    """Fit the per-label calibration (``kind``: temperature or Platt; default the config's) on the validation split
+    and write it into the checkpoint's ``model.calibration`` buffer and config, at ``out`` (default: in place).
+    Returns the validation BCE before and after."""
     task = load_task(checkpoint, pipeline="ct")
     cfg = task.cfg
+    kind = kind or cfg.model.calibration
+    if kind not in ("temperature", "platt"):
+        raise FinescaleError(f"calibration must be temperature or platt, got {kind!r}")
     data = load_records(cfg.val_json)
     store = ensure_store(cfg, [cfg.val_json])
     logits, labels = collect_logits(task, CTVolumes(data.records, store, cfg, train=False))
-    if cfg.model.calibration == "platt":
+    if kind == "platt":
         scale, bias = (torch.as_tensor(v, dtype=torch.float32) for v in np.asarray(fit_platt(logits, labels)).T)
     else:
         scale = 1.0 / torch.as_tensor(fit_temperature(logits, labels), dtype=torch.float32)
@@ -88,10 +92,13 @@ def calibrate(checkpoint: Path) -> dict[str, float]:
     after = torch.nn.functional.binary_cross_entropy_with_logits(logits * scale + bias, labels).item()
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     ckpt["state_dict"]["model.calibration"] = torch.stack([scale, bias])
-    tmp = checkpoint.with_suffix(".tmp")
+    ckpt["hyper_parameters"]["config"]["model"]["calibration"] = kind  # the config says what the buffer holds
+    out = Path(out) if out is not None else Path(checkpoint)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
     torch.save(ckpt, tmp)
-    tmp.replace(checkpoint)  # atomic: a crash leaves the old checkpoint, never half a file
-    log.info("calibration (%s) on %s: validation BCE %.4f -> %.4f", cfg.model.calibration, cfg.val_json, before, after)
+    tmp.replace(out)  # atomic: a crash leaves the old checkpoint, never half a file
+    log.info("calibration (%s) on %s: validation BCE %.4f -> %.4f", kind, cfg.val_json, before, after)
     # run bookkeeping of the best checkpoint (best_*), not an evaluation: it stays beside the training summary
     return {"best_val_ct_bce_uncalibrated": before, "best_val_ct_bce_calibrated": after}
 
