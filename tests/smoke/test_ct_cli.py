@@ -118,7 +118,8 @@ def test_bench_rows_without_training_reuse_finished_runs(runs: list[Path], phant
     baseline_ckpt = (runs[0] / "best.ckpt").read_bytes()
     out = tmp_path / "combined"
     rows = bench_combined({"recipe": runs, "baseline": runs[:1]}, phantoms, out)
-    calibrated = {f"+calibration {kind}" for kind in CALIBRATION_KINDS}
+    # the runs were calibrated by temperature when trained: the other kinds are refitted, their own is their row
+    calibrated = {f"baseline + {kind} calibration" for kind in CALIBRATION_KINDS if kind != "temperature"}
     assert set(rows) == {
         *(f"recipe ensemble {kind} x2" for kind in ENSEMBLE_KINDS),
         f"recipe TTA x{TTA_VIEWS}",
@@ -134,20 +135,20 @@ def test_bench_rows_without_training_reuse_finished_runs(runs: list[Path], phant
     assert rows["recipe ensemble mean x2"][0] != rows["recipe ensemble bayesian x2"][0]
     # calibration refits a copy of the baseline's checkpoint: the run itself is untouched, the copy says its kind
     assert (runs[0] / "best.ckpt").read_bytes() == baseline_ckpt
-    platt = torch.load(out / "calibration_platt" / runs[0].name / "best.ckpt", weights_only=True)
+    platt = torch.load(out / "calibration" / "baseline" / "platt" / runs[0].name / "best.ckpt", weights_only=True)
     assert platt["hyper_parameters"]["config"]["model"]["calibration"] == "platt"
     assert platt["state_dict"]["model.calibration"].shape == (2, 18)  # (scale, bias) per label; the fit: unit tests
-    (temperature,) = rows["+calibration temperature"]
-    assert temperature["train_seconds"] == 10.0  # the baseline's training, nothing more
-    # a positive temperature per label keeps every label's ranking: the AUROC of the uncalibrated checkpoint
+    (threshold,) = rows["baseline + threshold calibration"]
+    assert threshold["train_seconds"] == 10.0  # the baseline's training, nothing more
+    # a per-label shift keeps every label's ranking: the AUROC of the checkpoint as trained
     plain = evaluate(runs[0] / "best.ckpt", phantoms / "test.json", out=tmp_path / "plain.json", robustness=False)
-    assert temperature["ct_macro_auroc"] == pytest.approx(plain["ct_macro_auroc"], abs=1e-6)
+    assert threshold["ct_macro_auroc"] == pytest.approx(plain["ct_macro_auroc"], abs=1e-6)
     # a second bench run reads the kept evaluations instead of scoring again
     kept = sorted(out.rglob("test_metrics.json"))
     stamps = [p.stat().st_mtime_ns for p in kept]
     assert bench_combined({"recipe": runs, "baseline": runs[:1]}, phantoms, out) == rows
     assert [p.stat().st_mtime_ns for p in kept] == stamps
-    assert len(kept) == len(ENSEMBLE_KINDS) + len(runs) + len(CALIBRATION_KINDS)
+    assert len(kept) == len(ENSEMBLE_KINDS) + len(runs) + len(calibrated)
     assert bench_combined({"x": runs}, phantoms, out) == {}  # neither a baseline nor a recipe: no rows
 
 

@@ -168,3 +168,32 @@ def test_mc_dropout_on_a_model_without_dropout_is_an_error():
         mc_dropout(model, lambda: {"y": model(torch.zeros(1, 3))}, 4)
     model[1].p = 0.5
     assert mc_dropout(model, lambda: {"y": model(torch.ones(1, 3))}, 4)["y"].shape == (4, 1, 2)
+
+
+def test_f1_threshold_hand_case_puts_the_best_cut_at_one_half():
+    from sklearn.metrics import f1_score
+
+    from finescale.eval.calibration import fit_f1_threshold
+
+    # label 0: calling the top 1, 2, 3, 4, 5 positive gives F1 2/3, 1/2, 4/5, 2/3, 4/7: the best cut is between 1 and 0
+    # label 1: tied logits are never split (top 2 = both 1s: F1 2/3; all three: 1/2): the cut lies between 1 and 0
+    # label 2: a single class says nothing about a threshold: 0, the model's own
+    z = torch.tensor([[3.0, 1.0, 0.2], [2.0, 1.0, 0.1], [1.0, 0.0, 0.0], [0.0, -1.0, -0.4], [-1.0, -2.0, 0.3]])
+    y = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    t = fit_f1_threshold(z, y)
+    torch.testing.assert_close(t, torch.tensor([0.5, 0.5, 0.0]))
+    probs = apply_calibration(z, t, "threshold")
+    assert f1_score(y[:, 0], probs[:, 0] >= 0.5) == pytest.approx(0.8)
+    np.testing.assert_allclose(
+        binary_auroc(probs[:, :2].numpy(), y[:, :2].numpy()), binary_auroc(z[:, :2].numpy(), y[:, :2].numpy())
+    )
+
+
+def test_platt_keeps_each_labels_ranking_even_where_validation_ranks_it_backwards():
+    z, labels = _miscalibrated(torch.full((L,), 1.0))
+    params = fit_platt(-z, labels)  # a model that ranks every label backwards on this split
+    assert (params[:, 0] > 0).all()  # unconstrained, the BCE-best slope would be about -1 and flip the ranking
+    probs = apply_calibration(-z, params, "platt")
+    np.testing.assert_allclose(
+        binary_auroc(probs.numpy(), labels.numpy()), binary_auroc((-z).numpy(), labels.numpy()), atol=1e-6
+    )

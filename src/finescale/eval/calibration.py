@@ -1,6 +1,8 @@
-"""Per-label probability calibration, fitted on the validation split, so that VLM3D's fixed 0.5 threshold is a good
-operating point: temperature scaling (one scale per label, Guo et al. 2017) or Platt scaling (``a z + b`` per label,
-Platt 1999), both on the model's logits.
+"""Per-label probability calibration, fitted on the validation split, for VLM3D's fixed 0.5 threshold: temperature
+scaling (one scale per label, Guo et al. 2017), Platt scaling (``a z + b`` per label, a > 0; Platt 1999), both on the
+model's logits, or ``threshold``: the logit shift that puts each label's validation-F1-best threshold at 0.5. A
+temperature cannot move a decision at 0.5 (``z / T >= 0`` exactly when ``z >= 0``): it calibrates the probabilities
+only. None of the three changes a label's ranking (AUROC).
 
 Both fits minimise the binary cross-entropy on the validation logits with L-BFGS (strong-Wolfe line search; the L
 labels are independent, so one joint problem is L small ones). The targets are Platt's smoothed ones,
@@ -9,8 +11,8 @@ perfectly the plain BCE optimum is an infinite scale, which saturates float32 si
 destroys the ranking (AUROC). A label with a single class in the validation split gives no information about its
 scale and keeps the identity (temperature 1, a = 1, b = 0).
 
-Parameters are plain float32 CPU tensors, (L,) for temperatures and (L, 2) for Platt's (a, b): they go into a
-Lightning checkpoint as they are and load with ``torch.load(..., weights_only=True)``. :func:`apply_calibration`
+Parameters are plain float32 CPU tensors, (L,) for temperatures and thresholds, (L, 2) for Platt's (a, b): they go
+into a Lightning checkpoint as they are and load with ``torch.load(..., weights_only=True)``. :func:`apply_calibration`
 also accepts them as nested lists (e.g. read back from JSON).
 
 Also here: the reliability curve and the expected calibration error (ECE) that the report and bench show.
@@ -26,8 +28,8 @@ import torch.nn.functional as F
 
 from finescale.eval.multilabel import as_numpy
 
-CalibrationKind = Literal["none", "temperature", "platt"]
-KINDS: tuple[str, ...] = ("none", "temperature", "platt")
+CalibrationKind = Literal["none", "temperature", "platt", "threshold"]
+KINDS: tuple[str, ...] = ("none", "temperature", "platt", "threshold")
 
 # Beyond these, a temperature only reflects a degenerate split; the clamp keeps sigmoids away from float32 saturation.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
@@ -79,14 +81,37 @@ def fit_temperature(logits: Any, labels: Any, *, max_iter: int = 200) -> torch.T
 
 def fit_platt(logits: Any, labels: Any, *, max_iter: int = 200) -> torch.Tensor:
     """Per-label Platt parameters (L, 2), columns (a, b), minimising the BCE of ``sigmoid(a * logits + b)`` on (N, L)
-    validation logits and 0/1 labels; (1, 0) for a label with a single class."""
+    validation logits and 0/1 labels; (1, 0) for a label with a single class. The slope is kept positive (fitted as
+    log a): a calibration must not reverse a label's ranking, which an unconstrained fit does on a small validation
+    split where the model happens to rank a label backwards (measured: ``ct`` bench, README)."""
     z, y = _as_fit_inputs(logits, labels)
-    ab = torch.zeros(z.shape[1], 2, dtype=z.dtype)
-    ab[:, 0] = 1.0  # start at the identity: the model is usually roughly calibrated already
-    ab.requires_grad_(True)
-    _minimise_bce(ab, lambda p: p[:, 0] * z + p[:, 1], platt_targets(y), max_iter)
+    log_a_b = torch.zeros(z.shape[1], 2, dtype=z.dtype, requires_grad=True)  # the identity: a = 1, b = 0
+    _minimise_bce(log_a_b, lambda p: p[:, 0].exp() * z + p[:, 1], platt_targets(y), max_iter)
+    fitted = log_a_b.detach()
+    ab = torch.stack([fitted[:, 0].exp().clamp(1 / MAX_TEMPERATURE, 1 / MIN_TEMPERATURE), fitted[:, 1]], dim=1)
     identity = torch.tensor([1.0, 0.0], dtype=z.dtype).expand_as(ab)
-    return torch.where(_has_both_classes(y)[:, None], ab.detach(), identity).float()
+    return torch.where(_has_both_classes(y)[:, None], ab, identity).float()
+
+
+def fit_f1_threshold(logits: Any, labels: Any) -> torch.Tensor:
+    """Per-label logit thresholds t (L,) maximising F1 of ``logits >= t`` on (N, L) validation logits and 0/1 labels;
+    0 for a label with a single class. Calibrating with ``z - t`` puts that threshold at VLM3D's fixed 0.5 without
+    changing any ranking; the probabilities are then shifted, no longer calibrated. t lies midway between the lowest
+    logit called positive and the next one below it (ties in F1: the threshold nearest 0, the model's own)."""
+    z, y = _as_fit_inputs(logits, labels)
+    thresholds = torch.zeros(z.shape[1], dtype=torch.float64)
+    for k in torch.nonzero(_has_both_classes(y)).flatten().tolist():
+        order = torch.argsort(z[:, k], descending=True, stable=True)
+        scores, hits = z[order, k], y[order, k]
+        tp = torch.cumsum(hits, 0)  # calling the top i+1 positive
+        f1 = 2 * tp / (torch.arange(1, len(scores) + 1, dtype=tp.dtype) + hits.sum())
+        distinct = torch.cat([scores[1:] < scores[:-1], torch.tensor([True])])  # a cut must not split ties
+        below = torch.cat([scores[1:], scores[-1:] - 1.0])
+        cuts = (scores + below) / 2
+        best = f1[distinct].max()
+        candidates = torch.nonzero(distinct & (f1 >= best - 1e-12)).flatten()
+        thresholds[k] = cuts[candidates[torch.argmin(cuts[candidates].abs())]]
+    return thresholds.float()
 
 
 def fit_calibration(logits: Any, labels: Any, kind: CalibrationKind) -> torch.Tensor | None:
@@ -95,6 +120,8 @@ def fit_calibration(logits: Any, labels: Any, kind: CalibrationKind) -> torch.Te
         return fit_temperature(logits, labels)
     if kind == "platt":
         return fit_platt(logits, labels)
+    if kind == "threshold":
+        return fit_f1_threshold(logits, labels)
     if kind == "none":
         return None
     raise ValueError(f"unknown calibration {kind!r}; choose from {KINDS}")
@@ -114,6 +141,8 @@ def calibrate_logits(logits: Any, params: Any, kind: CalibrationKind) -> torch.T
     if params is None:
         raise ValueError(f"{kind} calibration needs its fitted parameters")
     p = torch.as_tensor(params, dtype=logits.dtype, device=logits.device)
+    if kind == "threshold":
+        return logits - p
     return logits / p if kind == "temperature" else p[..., 0] * logits + p[..., 1]
 
 

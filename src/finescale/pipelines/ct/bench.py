@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from finescale.engine.rundir import run_config
 from finescale.engine.trainer import BEST
 from finescale.eval.bench import TEST_METRICS
 from finescale.pipelines.ct.config import CTConfig
@@ -30,7 +31,8 @@ METRICS = (
 )
 
 ENSEMBLE_KINDS = ("mean", "adaptive", "bayesian")
-CALIBRATION_KINDS = ("temperature", "platt")
+CALIBRATION_KINDS = ("temperature", "platt", "threshold")
+RECALIBRATED = ("baseline", "defaults")  # the variants whose runs get each calibration refitted
 TTA_VIEWS = 4  # as is, flipped, slices shifted up and down (views.py)
 BUDGET_SHARE = 0.35  # a store up to 1 / 0.35 = 2.9x smaller than the source files still fits less than all
 
@@ -85,12 +87,12 @@ def bench_eval_options(data_dir: Path) -> dict[str, Any]:
 
 
 def bench_combined(runs: Mapping[str, Sequence[Path]], data_dir: Path, out: Path) -> dict[str, list[dict[str, Any]]]:
-    """Rows from finished runs, without training. The baseline's seeds with each per-label calibration refitted on
-    the validation split (``+calibration <kind>``: calibration changes no training step, so this is the
-    ``+calibration`` variant at no training cost). The recipe's seeds as one ensemble, once per combination rule,
-    and each seed with :data:`TTA_VIEWS` test-time views. All scored like every bench run (same test, external and
-    corrupted sets); a row's training time is its members'. Each evaluation is kept in ``out`` and reused when the
-    bench runs again."""
+    """Rows from finished runs, without training. The seeds of each variant in :data:`RECALIBRATED` with each other
+    per-label calibration refitted on the validation split (``<variant> + <kind> calibration``: calibration changes
+    no training step, so for the baseline these are the ``+calibration`` variants at no training cost). The recipe's
+    seeds as one ensemble, once per combination rule, and each seed with :data:`TTA_VIEWS` test-time views. All
+    scored like every bench run (same test, external and corrupted sets); a row's training time is its members'.
+    Each evaluation is kept in ``out`` and reused when the bench runs again."""
     from finescale.pipelines.ct.workflow import calibrate, evaluate
 
     test_json = Path(data_dir) / "test.json"
@@ -111,9 +113,12 @@ def bench_combined(runs: Mapping[str, Sequence[Path]], data_dir: Path, out: Path
         return scored(folder, [folder / BEST], [run])
 
     rows: dict[str, list[dict[str, Any]]] = {}
-    baseline = finished("baseline")
-    for kind in CALIBRATION_KINDS if baseline else ():
-        rows[f"+calibration {kind}"] = [recalibrated(out / f"calibration_{kind}" / d.name, d, kind) for d in baseline]
+    for variant in RECALIBRATED:
+        done = finished(variant)
+        own = {(run_config(d) or {}).get("model", {}).get("calibration") for d in done}
+        for kind in [k for k in CALIBRATION_KINDS if k not in own] if done else ():  # its own: the variant's row
+            folder = out / "calibration" / variant / kind
+            rows[f"{variant} + {kind} calibration"] = [recalibrated(folder / d.name, d, kind) for d in done]
     recipe = finished("recipe")
     if len(recipe) > 1:
         for kind in ENSEMBLE_KINDS:

@@ -18,7 +18,7 @@ from finescale.engine.checkpoints import load_task, resolve_checkpoint
 from finescale.engine.run import METRICS, finish_evaluation, fit_and_report, skipped_counts, update_metrics
 from finescale.engine.trainer import BEST
 from finescale.errors import FinescaleError
-from finescale.eval.calibration import fit_platt, fit_temperature
+from finescale.eval.calibration import fit_f1_threshold, fit_platt, fit_temperature
 from finescale.eval.multilabel_plots import plot_reliability, plot_roc_curves
 from finescale.eval.prediction_files import write_predictions_csv, write_predictions_json
 from finescale.eval.report import Figure
@@ -72,19 +72,23 @@ def collect_logits(task: Any, dataset: CTVolumes, device: str = "cpu") -> tuple[
 
 
 def calibrate(checkpoint: Path, kind: str | None = None, out: Path | None = None) -> dict[str, float]:
-    """Fit the per-label calibration (``kind``: temperature or Platt; default the config's) on the validation split
+    """Fit the per-label calibration (``kind``: temperature, Platt or F1 threshold; default the config's) on the
+    validation split
     and write it into the checkpoint's ``model.calibration`` buffer and config, at ``out`` (default: in place).
     Returns the validation BCE before and after."""
     task = load_task(checkpoint, pipeline="ct")
     cfg = task.cfg
     kind = kind or cfg.model.calibration
-    if kind not in ("temperature", "platt"):
-        raise FinescaleError(f"calibration must be temperature or platt, got {kind!r}")
+    if kind not in ("temperature", "platt", "threshold"):
+        raise FinescaleError(f"calibration must be temperature, platt or threshold, got {kind!r}")
     data = load_records(cfg.val_json)
     store = ensure_store(cfg, [cfg.val_json])
     logits, labels = collect_logits(task, CTVolumes(data.records, store, cfg, train=False))
     if kind == "platt":
         scale, bias = (torch.as_tensor(v, dtype=torch.float32) for v in np.asarray(fit_platt(logits, labels)).T)
+    elif kind == "threshold":
+        bias = -torch.as_tensor(fit_f1_threshold(logits, labels), dtype=torch.float32)
+        scale = torch.ones_like(bias)
     else:
         scale = 1.0 / torch.as_tensor(fit_temperature(logits, labels), dtype=torch.float32)
         bias = torch.zeros_like(scale)
