@@ -118,8 +118,8 @@ def test_bench_rows_without_training_reuse_finished_runs(runs: list[Path], phant
     baseline_ckpt = (runs[0] / "best.ckpt").read_bytes()
     out = tmp_path / "combined"
     rows = bench_combined({"recipe": runs, "baseline": runs[:1]}, phantoms, out)
-    # the runs were calibrated by temperature when trained: the other kinds are refitted, their own is their row
-    calibrated = {f"baseline + {kind} calibration" for kind in CALIBRATION_KINDS if kind != "temperature"}
+    # the runs were calibrated (the quick preset's threshold) when trained: the other kinds are refitted
+    calibrated = {f"baseline + {kind} calibration" for kind in CALIBRATION_KINDS if kind != "threshold"}
     assert set(rows) == {
         *(f"recipe ensemble {kind} x2" for kind in ENSEMBLE_KINDS),
         f"recipe TTA x{TTA_VIEWS}",
@@ -138,11 +138,11 @@ def test_bench_rows_without_training_reuse_finished_runs(runs: list[Path], phant
     platt = torch.load(out / "calibration" / "baseline" / "platt" / runs[0].name / "best.ckpt", weights_only=True)
     assert platt["hyper_parameters"]["config"]["model"]["calibration"] == "platt"
     assert platt["state_dict"]["model.calibration"].shape == (2, 18)  # (scale, bias) per label; the fit: unit tests
-    (threshold,) = rows["baseline + threshold calibration"]
-    assert threshold["train_seconds"] == 10.0  # the baseline's training, nothing more
-    # a per-label shift keeps every label's ranking: the AUROC of the checkpoint as trained
+    (temperature,) = rows["baseline + temperature calibration"]
+    assert temperature["train_seconds"] == 10.0  # the baseline's training, nothing more
+    # a positive temperature, like the threshold's shift, keeps every label's ranking: the AUROC as trained
     plain = evaluate(runs[0] / "best.ckpt", phantoms / "test.json", out=tmp_path / "plain.json", robustness=False)
-    assert threshold["ct_macro_auroc"] == pytest.approx(plain["ct_macro_auroc"], abs=1e-6)
+    assert temperature["ct_macro_auroc"] == pytest.approx(plain["ct_macro_auroc"], abs=1e-6)
     # a second bench run reads the kept evaluations instead of scoring again
     kept = sorted(out.rglob("test_metrics.json"))
     stamps = [p.stat().st_mtime_ns for p in kept]

@@ -36,7 +36,7 @@ class CTModelConfig(Section):
         0.2, ge=0, lt=1, description="plain head: dropout before its Linear (what --ensemble bayesian samples)"
     )
     calibration: Literal["temperature", "platt", "threshold", "none"] = Field(
-        "temperature",
+        "threshold",
         description="per-label calibration fitted on the validation split after training (threshold: the shift "
         "that puts each label's validation-F1-best threshold at 0.5)",
     )
