@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from finescale.config import build_config
+from finescale.config import build_config, save_config
 from finescale.engine.rundir import run_config
 from finescale.errors import FinescaleError
 from finescale.eval import plots
@@ -23,6 +24,7 @@ from finescale.serialize import read_json, write_json
 
 log = logging.getLogger("finescale")
 TEST_METRICS = "test_metrics.json"
+BENCH_REQUEST = "bench_request.yaml"  # the config a bench run was asked to train, compared before it is reused
 RUN_COLUMNS = ("train_seconds", "peak_memory_mb")  # of the training, beside the test metrics of every row
 
 
@@ -47,8 +49,11 @@ def run_variant(
     ``callbacks`` are extra Lightning callbacks for the training (e.g. an HPO pruner)."""
     done = run_dir / TEST_METRICS
     cfg = build_config(pipeline.config_class, preset=preset, config_file=config_file, overrides=overrides)
+    requested = cfg.model_dump(mode="json")
     if done.exists():
-        changed = config_differences(run_config(run_dir) or {}, cfg.model_dump(mode="json"))
+        asked = run_dir / BENCH_REQUEST  # what the bench asked for, before training filled anything in
+        saved = yaml.safe_load(asked.read_text()) if asked.exists() else run_config(run_dir) or {}
+        changed = config_differences(saved, requested, filled_in=not asked.exists())
         if changed:  # e.g. a preset's defaults changed since: its old numbers would pass for the new config's
             raise FinescaleError(
                 f"{run_dir} was trained with another config ({', '.join(changed[:4])}): "
@@ -57,6 +62,7 @@ def run_variant(
         # keys written before every metric carried the pipeline's name are read under today's
         return prefix_metrics(pipeline.name, read_json(done))
     resume = (run_dir / "last.ckpt").exists()
+    save_config(cfg, run_dir / BENCH_REQUEST)
     start = time.perf_counter()
     summary = pipeline.train(cfg, run_dir, resume=resume, callbacks=callbacks)
     seconds = time.perf_counter() - start
@@ -72,16 +78,22 @@ def run_variant(
     return metrics
 
 
-def config_differences(saved: Mapping[str, Any], requested: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose value differs between a finished run's config.yaml and the config the bench would train
-    now. Not compared: keys one side lacks (a field added or removed since), requested values of None (training
-    fills them in, e.g. ct's store path), and two paths to the same file."""
+def config_differences(
+    saved: Mapping[str, Any], requested: Mapping[str, Any], prefix: str = "", *, filled_in: bool = False
+) -> list[str]:
+    """Dotted keys whose value differs between a finished run's config and the config the bench would train now.
+    Not compared: keys one side lacks (a field added or removed since) and two paths to the same file. With
+    ``filled_in`` (``saved`` is the run's config.yaml, written after training filled in what was left unset, e.g.
+    ct's store path or dims' company list: runs benched before :data:`BENCH_REQUEST` existed) requested values that
+    are None or empty are not compared either."""
     changed = []
     for key in saved.keys() & requested.keys():
         old, new = saved[key], requested[key]
         if isinstance(old, Mapping) and isinstance(new, Mapping):
-            changed += config_differences(old, new, f"{prefix}{key}.")
-        elif new is not None and old != new and not _same_path(old, new):
+            changed += config_differences(old, new, f"{prefix}{key}.", filled_in=filled_in)
+        elif filled_in and new in (None, [], {}):
+            continue
+        elif old != new and not _same_path(old, new):
             changed.append(f"{prefix}{key}: {old!r} -> {new!r}")
     return sorted(changed)
 
