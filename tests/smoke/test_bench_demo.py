@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -16,17 +17,12 @@ model: {scales: [32, 48], crop_size: 32, fusion_dim: 32}
 """
 
 
-def test_bench_writes_the_table_and_resumes(implants: Path, tmp_path: Path):
+def test_bench_writes_the_table_and_resumes(implants: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     config = tmp_path / "tiny.yaml"
     config.write_text(TINY_YAML)
     out = tmp_path / "bench"
-    args = [
-        "bench",
-        "length",
-        "--out",
-        out,
-        "--data",
-        implants,
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed: the reuse below runs from another directory
+    options = [
         "--seeds",
         "0,1",
         "--variants",
@@ -34,7 +30,7 @@ def test_bench_writes_the_table_and_resumes(implants: Path, tmp_path: Path):
         "--config",
         config,
     ]
-    finescale(*args)
+    finescale("bench", "length", "--out", "bench", "--data", os.path.relpath(implants), *options)
     bench = json.loads((out / "bench.json").read_text())
     assert bench["pipeline"] == "length" and bench["preset"] == "quick"
     rows = {row["variant"]: row for row in bench["rows"]}
@@ -46,7 +42,10 @@ def test_bench_writes_the_table_and_resumes(implants: Path, tmp_path: Path):
     baseline_cfg = (out / "runs" / "baseline" / "seed0" / "config.yaml").read_text()
     assert "use_crops: false" in baseline_cfg and "smooth_sigma: 0.0" in baseline_cfg
     assert "| recipe |" in (out / "bench.md").read_text() and (out / "bench.png").exists()
-    # a second call reuses the finished runs instead of training again (in this process: it has nothing to train)
+    # a second call reuses the finished runs instead of training again (in this process: it has nothing to train),
+    # also when the same folders are named from another working directory
+    monkeypatch.chdir(out)
+    args = ["bench", "length", "--out", ".", "--data", os.path.relpath(implants), *options]
     stamp = (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime
     finescale_in_process(*args)
     assert (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime == stamp

@@ -123,8 +123,9 @@ def run_bench(
     overrides: Mapping[str, Any] | None = None,
     config_file: Path | None = None,
 ) -> dict[str, Any]:
-    out = Path(out)
-    data_dir = ensure_data(pipeline, data_dir or out / "data", n=n or pipeline.demo_size)
+    # absolute: the paths a run records are compared when it is reused, maybe from another working directory
+    out = Path(out).resolve()
+    data_dir = ensure_data(pipeline, Path(data_dir or out / "data").resolve(), n=n or pipeline.demo_size)
     base_cfg = build_config(pipeline.config_class, preset=preset, config_file=config_file, overrides=overrides or {})
     table = pipeline.bench_variants(base_cfg)
     chosen = list(variants) if variants else list(table)
