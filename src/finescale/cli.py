@@ -61,6 +61,26 @@ def synth_puzzles(
     typer.echo(json.dumps(to_jsonable(summary)))
 
 
+@synth_app.command("ct")
+def synth_ct(
+    out: Annotated[Path, typer.Option("--out", help="output folder (CT-RATE's layout + train/val/test/external.json)")],
+    n: Annotated[int | None, typer.Option("--n", min=1, help="volumes (default: the demo's size)")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    strength: Annotated[
+        float, typer.Option("--strength", help="scales every finding's size and contrast (> 0): the difficulty knob")
+    ] = 1.0,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="processes rendering volumes")] = 2,
+) -> None:
+    """Chest CT phantoms for the ct pipeline, in CT-RATE's files; a larger --strength makes findings easier to see."""
+    from finescale.pipelines import get_pipeline
+    from finescale.synth.ct import generate_ct
+
+    if not strength > 0:
+        raise typer.BadParameter(f"must be above 0, got {strength}", param_hint="--strength")
+    n = n or get_pipeline("ct").demo_size
+    typer.echo(json.dumps(to_jsonable(generate_ct(out, n=n, seed=seed, strength=strength, workers=workers))))
+
+
 def _synth_command(name: str) -> Callable[..., None]:
     def command(
         out: Annotated[Path, typer.Option("--out", help="output folder (train/val/test.json and the data)")],
@@ -77,9 +97,11 @@ def _synth_command(name: str) -> Callable[..., None]:
 
 
 def _add_synth_commands() -> None:
-    # `synth <pipeline>` for every pipeline (the contract); `implants` and `puzzles` keep their extra options
+    # `synth <pipeline>` for every pipeline (the contract); `implants`, `puzzles` and `ct` keep their extra options
+    explicit = {command.name for command in synth_app.registered_commands}
     for name in PIPELINE_NAMES:
-        synth_app.command(name)(_synth_command(name))
+        if name not in explicit:
+            synth_app.command(name)(_synth_command(name))
 
 
 @app.command("bench")

@@ -200,3 +200,20 @@ def test_patient_splits_are_stratified_on_the_labels():
     for split in SPLITS:
         positives = np.array([j.labels for j in jobs if j.split == split]).sum(0)
         assert (positives > 0).all(), (split, dict(zip(LABELS, positives.tolist(), strict=True)))
+
+
+def test_strength_scales_a_signature():
+    off, on = pair("Emphysema")[:2]
+    stronger = render_volume({"Emphysema": True}, volume_seed=(5, 3), **PAIR_SEEDS, strength=2.0)
+    low = lambda v: ((v < -950) & lungs()).sum()  # noqa: E731
+    assert low(stronger) - low(off) > 1.5 * (low(on) - low(off))
+
+
+def test_synth_ct_cli_takes_strength_and_refuses_a_non_positive_one(tmp_path: Path):
+    from tests.conftest import finescale_in_process
+
+    done = finescale_in_process("synth", "ct", "--out", tmp_path / "a", "--n", 2, "--strength", 1.5, "--workers", 1)
+    summary = json.loads(done.stdout)
+    assert summary["strength"] == 1.5 and sum(summary["counts"].values()) == 2
+    refused = finescale_in_process("synth", "ct", "--out", tmp_path / "b", "--n", 2, "--strength", 0, check=False)
+    assert refused.returncode == 2 and "--strength" in refused.stderr and not (tmp_path / "b").exists()

@@ -237,6 +237,8 @@ def generate_ct(
     start = time.perf_counter()
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
+    if not strength > 0:
+        raise ValueError(f"strength must be above 0, got {strength}")
     out = Path(out)
     volumes = out / "volumes"
     volumes.mkdir(parents=True, exist_ok=True)
@@ -257,6 +259,7 @@ def generate_ct(
         "patients": {s: len({j.patient for j in jobs if j.split == s}) for s in SPLITS},
         "prevalence": {name: round(float(p), 4) for name, p in zip(LABELS, labels.mean(0), strict=True)},
         "no_metadata_row": sum(metadata_row(j) is None for j in jobs),
+        "strength": strength,
         "bytes": int(sum(sizes)),
         "seconds": round(time.perf_counter() - start, 2),
     }
