@@ -58,7 +58,7 @@ class CTDataConfig(Section):
         "windows", description="3 input channels: lung/mediastinum/bone windows, or the slice and its 2 neighbours"
     )
     window: Literal["fixed", "adaptive"] = Field(
-        "fixed", description="HU windows: fixed presets or derived from the volume's own body/lung histogram"
+        "adaptive", description="HU windows: derived from the volume's own body/lung histogram, or fixed presets"
     )
     denoise: bool = Field(False, description="non-local-means denoising of each slice")
     clahe: bool = Field(False, description="CLAHE contrast enhancement of each slice")
