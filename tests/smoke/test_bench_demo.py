@@ -49,6 +49,22 @@ def test_bench_writes_the_table_and_resumes(implants: Path, tmp_path: Path, monk
     stamp = (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime
     finescale_in_process(*args)
     assert (out / "runs" / "recipe" / "seed1" / "best.ckpt").stat().st_mtime == stamp
+    # a bench of one variant into the same folder keeps the table's other rows, in their order, values unchanged
+    finescale_in_process(
+        "bench",
+        "length",
+        "--out",
+        ".",
+        "--data",
+        os.path.relpath(implants),
+        *options[:2],
+        "--variants",
+        "+crops",
+        *options[4:],
+    )
+    again = json.loads((out / "bench.json").read_text())["rows"]
+    assert [row["variant"] for row in again] == [row["variant"] for row in bench["rows"]]
+    assert again == bench["rows"]
     # a finished run is reused only for the config it was trained with: another schedule is refused in one line
     config.write_text(TINY_YAML.replace("epochs: 1", "epochs: 2"))
     refused = finescale_in_process(*args, check=False)

@@ -1,5 +1,5 @@
 from finescale.config import build_config
-from finescale.eval.bench import bench_markdown, summarise
+from finescale.eval.bench import bench_markdown, merge_rows, summarise
 from finescale.pipelines.length.bench import bench_variants
 from finescale.pipelines.length.config import LengthConfig
 
@@ -24,3 +24,15 @@ def test_summary_mean_and_sample_std():
     assert row["m_mean"] == 2.0 and abs(row["m_std"] - 2**0.5) < 1e-9 and row["train_seconds_mean"] == 3.0
     table = bench_markdown({"pipeline": "p", "preset": "quick", "rows": [row]}, ["m"])
     assert "| x | 2 | 2.000 ± 1.414 | 3.000 ± 1.414 |" in table
+
+
+def test_a_partial_bench_replaces_its_rows_in_place_and_keeps_the_others():
+    earlier = [{"variant": "baseline", "x": 1}, {"variant": "recipe", "x": 2}, {"variant": "old", "x": 3}]
+    merged = merge_rows(earlier, [{"variant": "recipe", "x": 20}, {"variant": "new", "x": 40}])
+    assert merged == [
+        {"variant": "baseline", "x": 1},
+        {"variant": "recipe", "x": 20},
+        {"variant": "old", "x": 3},
+        {"variant": "new", "x": 40},
+    ]
+    assert merge_rows([], earlier) == earlier

@@ -1,7 +1,8 @@
 """``finescale bench``: every variant of a pipeline trained on the same data, epochs and seeds; mean ± std.
 
 Each (variant, seed) run lives in ``out/runs/<variant>/seed<k>``; a run whose test metrics exist is reused, so a
-bench that was interrupted continues where it stopped when the same command runs again.
+bench that was interrupted continues where it stopped when the same command runs again. A bench of a few variants
+into a folder that holds a table already updates those rows and keeps the others (the table is the folder's).
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def run_bench(
     unknown = [v for v in chosen if v not in table]
     if unknown:
         raise FinescaleError(f"unknown bench variant(s) {', '.join(unknown)}; choose from: {', '.join(table)}")
+    earlier = earlier_rows(out, pipeline.name, preset)
     shared = {seed: _shared_parts(pipeline, out, seed, data_dir, preset, overrides, config_file) for seed in seeds}
     rows = []
     run_dirs: dict[str, list[Path]] = {}
@@ -153,17 +155,33 @@ def run_bench(
                 )
             )
         rows.append(summarise(name, seeds, results, pipeline.bench_metrics))
-        write_bench(out, pipeline, preset, rows)  # after every variant: partial results survive a crash
+        write_bench(out, pipeline, preset, merge_rows(earlier, rows))  # after every variant: survives a crash
     if pipeline.bench_combined is not None:
         for name, results in pipeline.bench_combined(run_dirs, data_dir, out / "combined").items():
             per_seed = len(results) == len(seeds) > 1
             rows.append(summarise(name, list(seeds) if per_seed else [], results, pipeline.bench_metrics))
-            write_bench(out, pipeline, preset, rows)
+            write_bench(out, pipeline, preset, merge_rows(earlier, rows))
     if pipeline.extra_baselines is not None:
         extra = pipeline.extra_baselines(data_dir / "train.json", data_dir / "test.json", base_cfg)
         for name, metrics in extra.items():
             rows.append(summarise(name, [], [metrics], pipeline.bench_metrics))
-    return write_bench(out, pipeline, preset, rows)
+    return write_bench(out, pipeline, preset, merge_rows(earlier, rows))
+
+
+def earlier_rows(out: Path, pipeline_name: str, preset: str) -> list[dict[str, Any]]:
+    """The rows of the table already in ``out`` (none if there is none, or it is another pipeline's or preset's)."""
+    path = out / "bench.json"
+    if not path.exists():
+        return []
+    table = read_json(path)
+    return table["rows"] if (table.get("pipeline"), table.get("preset")) == (pipeline_name, preset) else []
+
+
+def merge_rows(earlier: Sequence[Mapping[str, Any]], new: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``earlier`` with each row of the same variant replaced by the one measured now, in place; new variants last."""
+    fresh = {row["variant"]: row for row in new}
+    kept = [fresh.pop(row["variant"], row) for row in earlier]
+    return kept + list(fresh.values())
 
 
 def data_overrides(pipeline: Pipeline, data_dir: Path) -> dict[str, Any]:
