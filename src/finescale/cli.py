@@ -12,9 +12,9 @@ from typing import Annotated
 
 import rich
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 
+from finescale.console import stderr_console, stderr_options
 from finescale.errors import FinescaleError, Interrupted
 from finescale.pipelines import DEMO_TASKS, PIPELINE_NAMES
 from finescale.serialize import to_jsonable
@@ -247,9 +247,9 @@ def main() -> None:
     goes to stderr, so ``finescale ... | jq`` works. Exit status: 0 done; 1 some inputs of ``predict`` gave no
     answer (each named on stderr, the others answered); 2 a user error (one line ``error: ...``); 130 / 143
     training stopped by Ctrl-C / SIGTERM (last.ckpt kept for ``--resume``)."""
-    rich.reconfigure(stderr=True)  # rich's global console: progress bars of data preparation, the model table
+    rich.reconfigure(**stderr_options())  # rich's global console: progress bars of data preparation, the model table
     logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=Console(stderr=True), show_path=False)]
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=stderr_console(), show_path=False)]
     )
     try:
         _add_pipeline_apps()

@@ -194,7 +194,6 @@ def _remove_temporaries(root: Path, token: str = "") -> None:
 def _progress_bar(enabled: bool, total: int):
     if not enabled:
         return nullcontext(None)
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -204,6 +203,8 @@ def _progress_bar(enabled: bool, total: int):
         TimeRemainingColumn,
     )
 
+    from finescale.console import stderr_console
+
     progress = Progress(
         TextColumn("[bold]pack"),
         BarColumn(),
@@ -211,7 +212,7 @@ def _progress_bar(enabled: bool, total: int):
         TextColumn("{task.fields[stored]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=Console(stderr=True),
+        console=stderr_console(),
     )
     progress.add_task("pack", total=total, stored="")
     return progress
@@ -336,9 +337,9 @@ def pack(
         stats = pack_stats(store, items, tally, budget, codec) | {"seconds": round(time.perf_counter() - started, 2)}
         (root / "pack_stats.json").write_text(json.dumps(stats, indent=1) + "\n", encoding="utf-8")
     if progress:
-        from rich.console import Console
+        from finescale.console import stderr_console
 
-        Console(stderr=True).print(summary_line(stats), highlight=False)
+        stderr_console().print(summary_line(stats), highlight=False)
     else:
         log.info(summary_line(stats))
     return stats

@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
+from finescale.console import stderr_console
 from finescale.errors import FinescaleError, ImageReadError
 
 Input = str | os.PathLike[str] | np.ndarray
@@ -159,7 +159,7 @@ class BatchedImagePredictor:
         items = expand_inputs(inputs, self.suffixes)
         batches = self.loader(items)
         if progress:
-            batches = track(batches, description="predicting", console=Console(stderr=True), transient=True)
+            batches = track(batches, description="predicting", console=stderr_console(), transient=True)
         with torch.inference_mode():
             for part in batches:
                 answers: dict[int, dict[str, Any]] = {i: {"error": msg} for i, msg in part["errors"]}

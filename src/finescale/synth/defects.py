@@ -111,8 +111,9 @@ def generate_defects(
     Byte-for-byte deterministic in ``seed`` whatever ``workers`` is. Returns counts of tools, images and
     annotations per split (``unlabeled``: those of unlabeled_truth.json), annotations per class, tools without a
     defect and seconds."""
-    from rich.console import Console
     from rich.progress import track
+
+    from finescale.console import stderr_console
 
     start = time.perf_counter()
     if n < 1 or views < 1:
@@ -127,7 +128,7 @@ def generate_defects(
     splits = plan_splits(n, seed, labeled_fraction)
     job = partial(_write_tool, seed=seed, out=out, views=views, height=height, width=width)
     jobs = list(enumerate(splits))
-    bar = {"total": n, "description": f"Photographing {n} tools x {views} views", "console": Console(stderr=True)}
+    bar = {"total": n, "description": f"Photographing {n} tools x {views} views", "console": stderr_console()}
     if workers > 1 and n > 1:
         # fork, with OpenCV's thread pool shut first (a forked child can deadlock in a half-alive pool); imap keeps
         # the order, so ids and files do not depend on the number of workers

@@ -230,8 +230,9 @@ def generate_implants(
 
     Byte-for-byte deterministic in ``seed`` whatever ``workers`` is (each image owns its RNG stream).
     """
-    from rich.console import Console
     from rich.progress import track
+
+    from finescale.console import stderr_console
 
     if len(split) != 3 or min(split) < 0 or sum(split) <= 0:
         raise ValueError(f"split must be three non-negative fractions, got {split}")
@@ -241,7 +242,7 @@ def generate_implants(
     split = tuple(float(s) for s in split)
     job = partial(_make_one, seed=seed, size=size, images=str(images), split=split)
     desc = f"Rendering {n} implant radiographs"
-    bar = {"total": n, "description": desc, "console": Console(stderr=True)}  # stdout stays clean for CLI JSON
+    bar = {"total": n, "description": desc, "console": stderr_console()}  # stdout stays clean for CLI JSON
     if workers > 1 and n >= 64:
         # fork (no __main__ guard needed in user scripts), but first shut OpenCV's thread pool down: a forked child
         # inherits it half-alive and can deadlock in it. One cv2 thread per worker process is what we want anyway.

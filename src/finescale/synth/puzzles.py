@@ -268,8 +268,9 @@ def generate_puzzles(
     768-1536 px wide. Byte-for-byte deterministic in ``seed`` whatever ``workers`` is (each puzzle owns its RNG
     stream).
     """
-    from rich.console import Console
     from rich.progress import track
+
+    from finescale.console import stderr_console
 
     if n < 1:
         raise FinescaleError(f"--n must be at least 1, got {n}.")
@@ -293,7 +294,7 @@ def generate_puzzles(
             jobs.append((len(jobs), min(pieces_per_puzzle, count - j * pieces_per_puzzle), full, tuple(dealt[which])))
             splits.append(which)
     job = partial(_make_puzzle, seed=seed, images=images, out=out)
-    bar = {"total": len(jobs), "description": f"Cutting {n} puzzle pieces", "console": Console(stderr=True)}
+    bar = {"total": len(jobs), "description": f"Cutting {n} puzzle pieces", "console": stderr_console()}
     try:
         if workers > 1 and len(jobs) >= 8:
             # fork (workers inherit the loaded photos), with OpenCV's thread pool shut first: a forked child inherits

@@ -17,10 +17,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import track
 from torch.utils.data import DataLoader, Dataset
 
+from finescale.console import stderr_console
 from finescale.engine.predictor import expand_inputs, input_name, move_to, resolve_device
 from finescale.errors import FinescaleError, ImageReadError
 from finescale.pipelines.defects.results import named_detections
@@ -152,7 +152,7 @@ class DefectsPredictor:
             collate_fn=collate_views,
         )
         if progress:
-            loader = track(loader, description="predicting", console=Console(stderr=True), transient=True)
+            loader = track(loader, description="predicting", console=stderr_console(), transient=True)
         answers: list[dict[str, Any]] = []
         position = 0
         with torch.inference_mode():

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 from lightning.pytorch.callbacks import Callback
-from rich.console import Console
 from rich.progress import track
 
+from finescale.console import stderr_console
 from finescale.engine.callbacks import LossStability, PeakMemory
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
 from finescale.engine.predictor import move_to, resolve_device
@@ -76,7 +76,7 @@ def detect_dataset(model: torch.nn.Module, loader: Any, category_ids: Sequence[i
     """COCO results of ``model`` over every batch of ``loader`` (original pixels, COCO category ids)."""
     results: list[dict[str, Any]] = []
     with torch.inference_mode():
-        for batch in track(loader, description="evaluating", console=Console(stderr=True), transient=True):
+        for batch in track(loader, description="evaluating", console=stderr_console(), transient=True):
             batch = move_to(batch, device)
             detections = model.predict(batch)["detections"]
             results += coco_results(detections, batch["image_ids"], batch["scales"], category_ids)

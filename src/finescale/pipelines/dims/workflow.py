@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from rich.console import Console
 from rich.progress import track
 from torch.utils.data import DataLoader
 
+from finescale.console import stderr_console
 from finescale.engine.checkpoints import checkpoint_config, load_task, read_checkpoint, resolve_checkpoint
 from finescale.engine.predictor import move_to, resolve_device
 from finescale.engine.run import METRICS, check_run_dir, finish_evaluation, fit_and_report, skipped_counts
@@ -229,7 +229,7 @@ def collect(task: Any, records: list[dict], device: str) -> dict[str, np.ndarray
     )
     parts: dict[str, list[torch.Tensor]] = {}
     with torch.inference_mode():
-        for batch in track(loader, description="evaluating", console=Console(stderr=True), transient=True):
+        for batch in track(loader, description="evaluating", console=stderr_console(), transient=True):
             batch = move_to(batch, where)
             pred = model.predict(batch)
             pred.pop("embedding", None)

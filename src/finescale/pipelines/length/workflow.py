@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
-from rich.console import Console
 from rich.progress import track
 from torch.utils.data import DataLoader
 
+from finescale.console import stderr_console
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
 from finescale.engine.predictor import move_to, resolve_device
 from finescale.engine.run import METRICS, finish_evaluation, fit_and_report, skipped_counts
@@ -60,7 +60,7 @@ def evaluate(
     loader = DataLoader(dataset, batch_size=task.cfg.trainer.batch_size, num_workers=task.cfg.trainer.num_workers)
     scores = length_scores().to(device_)
     with torch.inference_mode():
-        for batch in track(loader, description="evaluating", console=Console(stderr=True), transient=True):
+        for batch in track(loader, description="evaluating", console=stderr_console(), transient=True):
             batch = move_to(batch, device_)
             scores.update(**scored_values(model, batch, model.predict(batch)))
     metrics = {**scores.compute(), **prefix_metrics("length", skipped_counts("eval", data))}

@@ -17,10 +17,10 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-from rich.console import Console
 from rich.progress import track
 from torch.utils.data import DataLoader
 
+from finescale.console import stderr_console
 from finescale.data.images import read_image, to_uint8
 from finescale.engine.predictor import (
     Input,
@@ -334,7 +334,7 @@ def shown(items: Iterable[Any], progress: bool, what: str, total: int | None = N
     """``items`` as they are, or behind a progress bar on stderr (stdout carries the answers)."""
     if not progress:
         return items
-    return track(items, description=what, total=total, console=Console(stderr=True), transient=True)
+    return track(items, description=what, total=total, console=stderr_console(), transient=True)
 
 
 def write_overlay(

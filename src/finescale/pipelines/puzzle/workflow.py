@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import Callback
-from rich.console import Console
 from rich.progress import track
 
+from finescale.console import stderr_console
 from finescale.engine.checkpoints import load_task, resolve_checkpoint
 from finescale.engine.run import METRICS, finish_evaluation, fit_and_report, skipped_counts
 from finescale.errors import FinescaleError
@@ -73,7 +73,7 @@ def place_records(predictor: Predictor, records: Sequence[dict]) -> dict[str, An
     bar = track(
         by_puzzle.items(),
         description=f"placing pieces ({predictor.method})",
-        console=Console(stderr=True),  # stdout carries the JSON the CLI prints
+        console=stderr_console(),  # stdout carries the JSON the CLI prints
         transient=True,
     )
     for puzzle, indices in bar:
