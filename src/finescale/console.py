@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from rich.console import Console
+from rich.console import Console
 
 # columns of a log written to a file or a pipe (a cluster job's log, `2> train.log`): rich's default there is 80,
 # which breaks paths and JSON in the middle; a terminal keeps its own width, and COLUMNS, when set, wins
@@ -21,6 +20,4 @@ def stderr_options() -> dict[str, Any]:
 
 
 def stderr_console() -> Console:
-    from rich.console import Console  # imported on use: synth workers need no rich until they draw a bar
-
     return Console(**stderr_options())
