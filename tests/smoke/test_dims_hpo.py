@@ -142,7 +142,10 @@ def test_hpo_killed_and_rerun_ends_with_all_trials_then_analyzes(
         killed = study.trials[number]
         assert killed.state.name == "FAIL", f"killed trial {number} is {killed.state.name}"
         retries = [t for t in finished if t.system_attrs.get("failed_trial") == number]
-        assert len(retries) == 1 and retries[0].params == killed.params
+        assert len(retries) == 1
+        # a trial killed part-way through sampling holds only the parameters drawn so far: the retry keeps those
+        # values and draws the rest
+        assert retries[0].params.items() >= killed.params.items()
     assert set(summary["best_params"]) >= {"embedding_dim", "attention_type", "embedding_source", "lr"}
     assert Path(summary["best_run_dir"], "best.ckpt").exists()
 
