@@ -121,8 +121,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def save_config(cfg: RunConfig, path: Path) -> Path:
+    """Write ``cfg`` as YAML with its file fields (manifests, stores, checkpoints) made absolute, so that the run's
+    config.yaml, the base of a ``--resume``, names the same files from any working directory."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    data = cfg.model_dump(mode="json")
+    for keys, annotation, _ in leaf_fields(type(cfg)):
+        if strip_optional(annotation) is not Path:
+            continue
+        node = data
+        for key in keys[:-1]:
+            node = node[key]
+        if node[keys[-1]] is not None:
+            node[keys[-1]] = str(Path(node[keys[-1]]).absolute())
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 

@@ -88,12 +88,31 @@ def test_limit_train_batches_refuses_what_is_neither(given):
         build_config(LengthConfig, overrides={"limit_train_batches": given})
 
 
-def test_a_resumed_run_starts_from_its_own_config(tmp_path: Path):
+def test_a_resumed_run_starts_from_its_own_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.chdir(tmp_path)
     first = build_config(
         LengthConfig, preset="quick", overrides={"train_json": "t.json", "val_json": "v.json", "fusion_dim": 32}
     )
     saved = save_config(first, tmp_path / "run" / "config.yaml")
     again = build_config(LengthConfig, preset=None, base=saved, overrides={"epochs": 3})
-    assert str(again.train_json) == "t.json" and again.model.fusion_dim == 32 and again.trainer.epochs == 3
+    assert again.train_json == tmp_path / "t.json" and again.model.fusion_dim == 32 and again.trainer.epochs == 3
     with pytest.raises(FinescaleError, match="'quick' preset"):
         build_config(LengthConfig, preset="full", base=saved)
+
+
+def test_a_saved_config_names_its_files_absolutely_so_a_resume_works_from_any_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from finescale.pipelines.ct.config import CTConfig
+
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
+    overrides = {"train_json": "data/train.json", "val_json": "/abs/val.json", "store": "store", "backbone": "resnet18"}
+    cfg = build_config(CTConfig, preset="quick", overrides=overrides)
+    saved = save_config(cfg, Path("runs/a/config.yaml"))
+    monkeypatch.chdir(tmp_path)  # a --resume started from elsewhere
+    again = build_config(CTConfig, preset=None, base=tmp_path / "project" / saved)
+    assert again.train_json == tmp_path / "project" / "data" / "train.json"
+    assert again.val_json == Path("/abs/val.json")
+    assert again.data.store == tmp_path / "project" / "store"  # a nested file field too
+    assert again.data.metadata_csv is None and again.model.backbone == "resnet18"  # the rest as it was
